@@ -1,0 +1,598 @@
+"""`RewardUNet2DConditionModel`: an InstructPix2Pix UNet conditioned on multi-perspective rewards.
+
+Where the rewards enter (Gu et al., ICLR 2025; official architecture described in spec/parity/README.md):
+
+    reward_scores [B,3] ──Timesteps(256)×3──► features [B,768] ─┬─ reward_time_embedding ──┐
+    failure_text_embeds [B,D] ─────────────────────────────────┼─ failure_text_time_proj ─┼─► + timestep embedding
+                                                               ├─ reward_token_embedding ─┐ (every resnet's temb)
+                                                               └─ failure_text_token_proj ┴─► 2 tokens [B,2,C]
+    sample ─► conv_in ─► x0 ─► x0 + LatentRewardAttention(x0, tokens) ─► down blocks → mid → up → conv_out
+
+The class subclasses diffusers' `UNet2DConditionModel`, so attention processors, gradient checkpointing, LoRA/PEFT and
+`from_pretrained`/`save_pretrained` keep working. All widths come from the config.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from diffusers.utils import logging
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..rewards import DEFAULT_NO_FAILURE_TEXT, PERSPECTIVES
+
+logger = logging.get_logger(__name__)
+
+REWARD_INIT_CHOICES = ("zero", "default")
+
+# Official (bytedance/Multi-Reward-Editing) state-dict prefixes → ours. Everything else is stock diffusers.
+OFFICIAL_TO_OURS_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("add_embedding.", "reward_time_embedding."),
+    ("add_embedding2.", "reward_token_embedding."),
+    ("text_linear2.", "failure_text_time_proj."),
+    ("text_linear.", "failure_text_token_proj."),
+    ("proj_deal.norm.", "latent_reward_attention.norm."),
+    ("proj_deal.proj_in.", "latent_reward_attention.proj_in."),
+    ("proj_deal.proj_out.", "latent_reward_attention.proj_out."),
+    ("ca.attention.self.query.", "latent_reward_attention.to_q."),
+    ("ca.attention.self.key.", "latent_reward_attention.to_k."),
+    ("ca.attention.self.value.", "latent_reward_attention.to_v."),
+    ("ca.attention.output.dense.", "latent_reward_attention.to_out."),
+    ("ca.attention.output.LayerNorm.", "latent_reward_attention.attn_norm."),
+    ("ca.hidden_intermediate.dense.", "latent_reward_attention.ff_in."),
+    ("ca.output.dense.", "latent_reward_attention.ff_out."),
+    ("ca.output.LayerNorm.", "latent_reward_attention.ff_norm."),
+)
+REWARD_MODULE_PREFIXES: tuple[str, ...] = (
+    "reward_time_embedding.",
+    "reward_token_embedding.",
+    "failure_text_time_proj.",
+    "failure_text_token_proj.",
+    "latent_reward_attention.",
+)
+# The official code hard-codes these; a model must match them to be exported to the official layout.
+OFFICIAL_REWARD_CONFIG: dict[str, Any] = {
+    "reward_sinusoid_dim": 256,
+    "reward_attention_heads": 8,
+    "reward_attention_norm_groups": 32,
+    "reward_attention_norm_eps": 1e-6,
+    "reward_attention_layer_norm_eps": 1e-12,
+}
+
+
+def _rename_keys(state_dict: dict[str, torch.Tensor], prefixes: tuple[tuple[str, str], ...]) -> dict[str, torch.Tensor]:
+    renamed = {}
+    for key, value in state_dict.items():
+        for old, new in prefixes:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        renamed[key] = value
+    return renamed
+
+
+def official_to_reward_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an official UNet state dict to `RewardUNet2DConditionModel` keys."""
+    return _rename_keys(state_dict, OFFICIAL_TO_OURS_PREFIXES)
+
+
+def reward_to_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a `RewardUNet2DConditionModel` state dict to the official key names."""
+    return _rename_keys(state_dict, tuple((new, old) for old, new in OFFICIAL_TO_OURS_PREFIXES))
+
+
+class LatentRewardAttention(nn.Module):
+    r"""Cross-attention from every latent position to the reward and failure-text tokens.
+
+    GroupNorm → 1×1 conv (`proj_in`) → BERT-style post-LayerNorm cross-attention (queries: the spatial tokens, keys and
+    values: the condition tokens) + feed-forward → 1×1 conv (`proj_out`). The caller adds the result to its input.
+
+    With only a handful of condition tokens, the query projection is folded into the keys and the output projection
+    into the values (exact algebra): per spatial token this saves two of the six `channels × channels` products.
+
+    Args:
+        channels (`int`): width of the latent features (the UNet's `conv_in` output).
+        num_heads (`int`): attention heads; must divide `channels`.
+        ff_dim (`int`): width of the feed-forward's hidden layer.
+        norm_num_groups (`int`), norm_eps (`float`): the input GroupNorm.
+        layer_norm_eps (`float`): the two post-attention LayerNorms.
+        dropout (`float`): dropout on attention probabilities and on both residual branches (training only).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int = 8,
+        ff_dim: int | None = None,
+        norm_num_groups: int = 32,
+        norm_eps: float = 1e-6,
+        layer_norm_eps: float = 1e-12,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if channels % num_heads != 0:
+            raise ValueError(f"`reward_attention_heads` ({num_heads}) must divide the conv_in width ({channels})")
+        if channels % norm_num_groups != 0:
+            raise ValueError(
+                f"`reward_attention_norm_groups` ({norm_num_groups}) must divide the conv_in width ({channels})"
+            )
+        ff_dim = channels if ff_dim is None else ff_dim
+        self.num_heads = num_heads
+        self.head_dim = channels // num_heads
+        self.dropout = dropout
+        self.norm = nn.GroupNorm(norm_num_groups, channels, eps=norm_eps, affine=True)
+        self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.Linear(channels, channels)
+        self.attn_norm = nn.LayerNorm(channels, eps=layer_norm_eps)
+        self.ff_in = nn.Linear(channels, ff_dim)
+        self.ff_out = nn.Linear(ff_dim, channels)
+        self.ff_norm = nn.LayerNorm(channels, eps=layer_norm_eps)
+        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def attend(self, query_tokens: torch.Tensor, condition_tokens: torch.Tensor) -> torch.Tensor:
+        """`to_out(softmax(to_q(q) to_k(c)ᵀ / √d) to_v(c))` per head, computed with the folded projections.
+
+        query_tokens: `[B, N, C]`; condition_tokens: `[B, T, C]`; returns `[B, N, C]`.
+        """
+        batch, num_tokens, channels = condition_tokens.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        scale = 1.0 / math.sqrt(head_dim)
+        keys = self.to_k(condition_tokens).view(batch, num_tokens, heads, head_dim)
+        values = self.to_v(condition_tokens).view(batch, num_tokens, heads, head_dim)
+        query_weight = self.to_q.weight.view(heads, head_dim, channels)
+        # logits[b, n, (h, t)] = q[b, n] · (W_q,hᵀ k[b, t, h]) / √d + b_q,h · k[b, t, h] / √d
+        folded_keys = torch.einsum("hdc,bthd->bcht", query_weight, keys).reshape(batch, channels, heads * num_tokens)
+        folded_bias = torch.einsum("hd,bthd->bht", self.to_q.bias.view(heads, head_dim), keys)
+        logits = torch.baddbmm(folded_bias.reshape(batch, 1, heads * num_tokens), query_tokens, folded_keys, alpha=scale, beta=scale)
+        probs = logits.view(batch, -1, heads, num_tokens).softmax(dim=-1)
+        probs = F.dropout(probs, p=self.dropout, training=self.training)
+        # out[b, n] = Σ_(h,t) p[b, n, h, t] · (v[b, t, h] W_o,hᵀ) + b_o
+        output_weight = self.to_out.weight.view(channels, heads, head_dim)
+        folded_values = torch.einsum("bthd,chd->bhtc", values, output_weight).reshape(batch, heads * num_tokens, channels)
+        return torch.baddbmm(self.to_out.bias, probs.reshape(batch, -1, heads * num_tokens), folded_values)
+
+    def forward(self, hidden_states: torch.Tensor, condition_tokens: torch.Tensor) -> torch.Tensor:
+        """hidden_states: `[B, C, H, W]`; condition_tokens: `[B, T, C]`; returns the residual `[B, C, H, W]`."""
+        batch, channels, height, width = hidden_states.shape
+        query_tokens = self.proj_in(self.norm(hidden_states)).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        attended = F.dropout(self.attend(query_tokens, condition_tokens), p=self.dropout, training=self.training)
+        attended = self.attn_norm(attended + query_tokens)
+        feed_forward = self.ff_out(F.gelu(self.ff_in(attended)))
+        feed_forward = F.dropout(feed_forward, p=self.dropout, training=self.training)
+        output = self.ff_norm(feed_forward + attended)
+        return self.proj_out(output.reshape(batch, height, width, channels).permute(0, 3, 1, 2))
+
+
+class RewardUNet2DConditionModel(UNet2DConditionModel):
+    r"""A `UNet2DConditionModel` with the multi-reward conditions of Gu et al. (ICLR 2025).
+
+    All parent arguments are accepted unchanged (they are named one by one, so `from_config` round-trips them).
+    Reward-specific arguments:
+
+    Args:
+        failure_text_embed_dim (`int`, *optional*):
+            Width of the pooled text embedding of the failure text (the text encoder's projection width, 768 for
+            SD1.5's CLIP ViT-L). Defaults to `cross_attention_dim`.
+        reward_num_scores (`int`, defaults to 3): following, preserving, quality.
+        reward_sinusoid_dim (`int`, defaults to 256): sinusoidal features per score.
+        reward_attention_heads (`int`, defaults to 8): heads of the latent cross-attention.
+        reward_attention_ff_dim (`int`, *optional*): feed-forward width; defaults to the conv_in width.
+        reward_attention_norm_groups, reward_attention_norm_eps, reward_attention_layer_norm_eps: normalisation settings.
+        reward_attention_dropout (`float`, defaults to 0.0): dropout inside the latent cross-attention (training only).
+        reward_init (`str`, defaults to `"zero"`):
+            `"zero"`: the output projection of every reward path starts at zero (`reward_time_embedding.linear_2`,
+            `failure_text_time_proj`, `latent_reward_attention.proj_out`), so a wrapped UNet equals its base model.
+            `"default"`: PyTorch's default initialisation, as in the official code.
+        no_failure_text (`str`, defaults to `"None; None; None"`):
+            The failure text that means "no failure" for this model; pipelines use it when `failure_text=None`.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int | tuple[int, int] | None = None,
+        in_channels: int = 4,
+        out_channels: int = 4,
+        center_input_sample: bool = False,
+        flip_sin_to_cos: bool = True,
+        freq_shift: int = 0,
+        down_block_types: tuple[str, ...] = (
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ),
+        mid_block_type: str | None = "UNetMidBlock2DCrossAttn",
+        up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        only_cross_attention: bool | tuple[bool] = False,
+        block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
+        layers_per_block: int | tuple[int] = 2,
+        downsample_padding: int = 1,
+        mid_block_scale_factor: float = 1,
+        dropout: float = 0.0,
+        act_fn: str = "silu",
+        norm_num_groups: int | None = 32,
+        norm_eps: float = 1e-5,
+        cross_attention_dim: int | tuple[int] = 1280,
+        transformer_layers_per_block: int | tuple[int] | tuple[tuple] = 1,
+        reverse_transformer_layers_per_block: tuple[tuple[int]] | None = None,
+        encoder_hid_dim: int | None = None,
+        encoder_hid_dim_type: str | None = None,
+        attention_head_dim: int | tuple[int] = 8,
+        num_attention_heads: int | tuple[int] | None = None,
+        dual_cross_attention: bool = False,
+        use_linear_projection: bool = False,
+        class_embed_type: str | None = None,
+        addition_embed_type: str | None = None,
+        addition_time_embed_dim: int | None = None,
+        num_class_embeds: int | None = None,
+        upcast_attention: bool = False,
+        resnet_time_scale_shift: str = "default",
+        resnet_skip_time_act: bool = False,
+        resnet_out_scale_factor: float = 1.0,
+        time_embedding_type: str = "positional",
+        time_embedding_dim: int | None = None,
+        time_embedding_act_fn: str | None = None,
+        timestep_post_act: str | None = None,
+        time_cond_proj_dim: int | None = None,
+        conv_in_kernel: int = 3,
+        conv_out_kernel: int = 3,
+        projection_class_embeddings_input_dim: int | None = None,
+        attention_type: str = "default",
+        class_embeddings_concat: bool = False,
+        mid_block_only_cross_attention: bool | None = None,
+        cross_attention_norm: str | None = None,
+        addition_embed_type_num_heads: int = 64,
+        # --- reward conditioning ---
+        failure_text_embed_dim: int | None = None,
+        reward_num_scores: int = len(PERSPECTIVES),
+        reward_sinusoid_dim: int = 256,
+        reward_attention_heads: int = 8,
+        reward_attention_ff_dim: int | None = None,
+        reward_attention_norm_groups: int = 32,
+        reward_attention_norm_eps: float = 1e-6,
+        reward_attention_layer_norm_eps: float = 1e-12,
+        reward_attention_dropout: float = 0.0,
+        reward_init: str = "zero",
+        no_failure_text: str = DEFAULT_NO_FAILURE_TEXT,
+    ) -> None:
+        base_arguments = {name: value for name, value in locals().items() if name in _BASE_PARAMETERS}
+        super().__init__(**base_arguments)
+        if reward_init not in REWARD_INIT_CHOICES:
+            raise ValueError(f"`reward_init` must be one of {REWARD_INIT_CHOICES}, got {reward_init!r}")
+        if failure_text_embed_dim is None:
+            if not isinstance(cross_attention_dim, int):
+                raise ValueError("`failure_text_embed_dim` must be set when `cross_attention_dim` is not a single int")
+            failure_text_embed_dim = cross_attention_dim
+        latent_channels = block_out_channels[0]
+        time_embed_dim = self.time_embedding.linear_2.out_features
+        reward_features_dim = reward_num_scores * reward_sinusoid_dim
+
+        self.reward_sinusoid = Timesteps(reward_sinusoid_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.reward_time_embedding = TimestepEmbedding(reward_features_dim, time_embed_dim)
+        self.reward_token_embedding = TimestepEmbedding(reward_features_dim, latent_channels)
+        self.failure_text_time_proj = nn.Linear(failure_text_embed_dim, time_embed_dim)
+        self.failure_text_token_proj = nn.Linear(failure_text_embed_dim, latent_channels)
+        self.latent_reward_attention = LatentRewardAttention(
+            latent_channels,
+            num_heads=reward_attention_heads,
+            ff_dim=reward_attention_ff_dim,
+            norm_num_groups=reward_attention_norm_groups,
+            norm_eps=reward_attention_norm_eps,
+            layer_norm_eps=reward_attention_layer_norm_eps,
+            dropout=reward_attention_dropout,
+        )
+        if reward_init == "zero":
+            for module in (
+                self.reward_time_embedding.linear_2,
+                self.failure_text_time_proj,
+                self.latent_reward_attention.proj_out,
+            ):
+                nn.init.zeros_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        # Per-call state: filled by `forward`, read by `get_aug_embed` and the conv_in hook (one forward at a time).
+        self._reward_time_term: torch.Tensor | None = None
+        self._reward_tokens: torch.Tensor | None = None
+        self._attach_conv_in_hook()
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_unet(cls, unet: UNet2DConditionModel, reward_init: str = "zero", **reward_config: Any):
+        """Wrap a plain (InstructPix2Pix) `UNet2DConditionModel`: copy its config and weights, add reward modules.
+
+        With `reward_init="zero"` the result computes exactly what `unet` computes, whatever the rewards.
+        """
+        if isinstance(unet, RewardUNet2DConditionModel):
+            raise TypeError("`unet` is already a RewardUNet2DConditionModel; use it directly")
+        unknown = set(reward_config) - set(_REWARD_PARAMETERS)
+        if unknown:
+            raise TypeError(f"unknown reward config arguments {sorted(unknown)}; accepted: {list(_REWARD_PARAMETERS)}")
+        base_config = {name: unet.config[name] for name in _BASE_PARAMETERS if name in unet.config}
+        model = cls(**base_config, reward_init=reward_init, **reward_config)
+        result = model.load_state_dict(unet.state_dict(), strict=False)
+        unexpected_missing = [key for key in result.missing_keys if not key.startswith(REWARD_MODULE_PREFIXES)]
+        if result.unexpected_keys or unexpected_missing:
+            raise ValueError(
+                f"could not copy the base UNet: unexpected keys {result.unexpected_keys[:5]}, "
+                f"missing keys {unexpected_missing[:5]}"
+            )
+        return model.to(device=unet.device, dtype=unet.dtype)
+
+    @classmethod
+    def from_official_unet(
+        cls,
+        path: str | os.PathLike,
+        torch_dtype: torch.dtype | None = None,
+        allow_pickle: bool = False,
+        **reward_config: Any,
+    ) -> RewardUNet2DConditionModel:
+        """Load a UNet folder saved by the official Multi-Reward-Editing code (`config.json` + weights with keys
+        `add_embedding*`, `text_linear*`, `proj_deal.*`, `ca.*`), e.g. `stage2_reward_instruct_pix2pix/unet`.
+
+        Weights are read from safetensors (single file or sharded). A pickle `.bin` file is refused unless
+        `allow_pickle=True` (then read with `torch.load(weights_only=True)`).
+        """
+        folder = os.fspath(path)
+        config_path = os.path.join(folder, "config.json")
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"no config.json in the official UNet folder {folder!r}")
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+        if config.get("_class_name") == cls.__name__:
+            raise ValueError(f"{folder!r} is already a {cls.__name__} folder; load it with `from_pretrained`")
+        if config.get("addition_embed_type") is not None:
+            raise ValueError(
+                "the official layout stores reward modules under `add_embedding`, which clashes with "
+                f"addition_embed_type={config['addition_embed_type']!r}; this is not an official reward UNet"
+            )
+        base_config = {name: config[name] for name in _BASE_PARAMETERS if name in config}
+        settings = {
+            **OFFICIAL_REWARD_CONFIG,
+            "failure_text_embed_dim": 768,
+            "reward_attention_dropout": 0.1,
+            "reward_init": "default",
+            **reward_config,
+        }
+        state_dict = official_to_reward_state_dict(_load_weights(folder, allow_pickle=allow_pickle))
+        model = cls(**base_config, **settings)
+        result = model.load_state_dict(state_dict, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"{folder!r} is not an official reward UNet: missing keys {result.missing_keys[:8]}, "
+                f"unexpected keys {result.unexpected_keys[:8]}"
+            )
+        model.eval()
+        return model.to(dtype=torch_dtype) if torch_dtype is not None else model
+
+    def save_official_unet(self, path: str | os.PathLike) -> None:
+        """Write this model in the official layout (config of a plain `UNet2DConditionModel` + official key names)."""
+        mismatched = {key: self.config[key] for key, value in OFFICIAL_REWARD_CONFIG.items() if self.config[key] != value}
+        if mismatched or self.config.reward_num_scores != len(PERSPECTIVES):
+            raise ValueError(f"the official code hard-codes {OFFICIAL_REWARD_CONFIG}; this model has {mismatched}")
+        os.makedirs(path, exist_ok=True)
+        config = {"_class_name": UNet2DConditionModel.__name__, "_diffusers_version": self.config._diffusers_version}
+        config.update({name: self.config[name] for name in _BASE_PARAMETERS})
+        with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+        state_dict = {key: value.detach().contiguous() for key, value in self.state_dict().items()}
+        save_file(reward_to_official_state_dict(state_dict), os.path.join(path, "diffusion_pytorch_model.safetensors"))
+
+    # ------------------------------------------------------------------ conditioning
+    def compute_reward_conditioning(
+        self,
+        reward_scores: torch.Tensor,
+        failure_text_embeds: torch.Tensor,
+        null_reward_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return `(time_term [B, time_embed_dim], tokens [B, 2, conv_in width])` for validated inputs.
+
+        Rows where `null_reward_mask` is True get the null condition: zero reward features and a zero text
+        embedding (a point no real score reaches, since every real score has cos² + sin² = 1).
+        """
+        batch = reward_scores.shape[0]
+        dtype = self.reward_time_embedding.linear_1.weight.dtype
+        # The sinusoid is computed in float32 (as diffusers' Timesteps and the official code do), then cast.
+        features = self.reward_sinusoid(reward_scores.reshape(-1)).reshape(batch, -1).to(dtype)
+        failure_text_embeds = failure_text_embeds.to(dtype)
+        if null_reward_mask is not None:
+            keep = (~null_reward_mask).to(dtype).unsqueeze(-1)
+            features = features * keep
+            failure_text_embeds = failure_text_embeds * keep
+        time_term = self.reward_time_embedding(features) + self.failure_text_time_proj(failure_text_embeds)
+        tokens = torch.stack(
+            [self.reward_token_embedding(features), self.failure_text_token_proj(failure_text_embeds)], dim=1
+        )
+        return time_term, tokens
+
+    def get_aug_embed(
+        self, emb: torch.Tensor, encoder_hidden_states: torch.Tensor, added_cond_kwargs: dict[str, Any]
+    ) -> torch.Tensor | None:
+        aug_emb = super().get_aug_embed(emb, encoder_hidden_states, added_cond_kwargs)
+        if self._reward_time_term is None:
+            return aug_emb
+        reward_term = self._reward_time_term.to(emb.dtype)
+        return reward_term if aug_emb is None else aug_emb + reward_term
+
+    def _attach_conv_in_hook(self) -> None:
+        """Make sure the current `conv_in` carries our hook (it may have been replaced, e.g. by a LoRA wrapper)."""
+        for hook in self.conv_in._forward_hooks.values():
+            if getattr(hook, "__self__", None) is self and getattr(hook, "__func__", None) is _LATENT_REWARD_HOOK:
+                return
+        self.conv_in.register_forward_hook(self._latent_reward_hook)
+
+    def _latent_reward_hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        # Outside `forward`, or on a conv_in that has since been replaced (e.g. wrapped by LoRA): a plain conv.
+        if self._reward_tokens is None or module is not self.conv_in:
+            return None
+        return output + self.latent_reward_attention(output, self._reward_tokens.to(output.dtype))
+
+    def _resolve_reward_inputs(
+        self,
+        batch: int,
+        reward_scores: Any,
+        failure_text_embeds: Any,
+        null_reward_mask: Any,
+        added_cond_kwargs: dict[str, Any] | None,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any] | None]:
+        remaining = dict(added_cond_kwargs) if added_cond_kwargs is not None else None
+        if remaining is not None:
+            for key, current in (
+                ("reward_scores", reward_scores),
+                ("failure_text_embeds", failure_text_embeds),
+                ("negative_embeds", failure_text_embeds),  # official name
+                ("null_reward_mask", null_reward_mask),
+            ):
+                if key in remaining:
+                    if current is not None:
+                        raise ValueError(f"`{key}` was given both as a keyword argument and in `added_cond_kwargs`")
+                    value = remaining.pop(key)
+                    if key == "reward_scores":
+                        reward_scores = value
+                    elif key == "null_reward_mask":
+                        null_reward_mask = value
+                    else:
+                        failure_text_embeds = value
+            if self.config.encoder_hid_dim_type is None and self.config.addition_embed_type is None:
+                remaining.pop("image_embeds", None)  # passed by the official scripts, never used by the model
+        if reward_scores is None:
+            raise ValueError(
+                f"{type(self).__name__} needs `reward_scores` of shape [batch, {self.config.reward_num_scores}] "
+                "(following, preserving, quality; floats in [0, 5]), e.g. torch.full((batch, 3), 5.0)"
+            )
+        if failure_text_embeds is None:
+            raise ValueError(
+                f"{type(self).__name__} needs `failure_text_embeds` of shape [batch, "
+                f"{self.config.failure_text_embed_dim}]: the pooled text-encoder embedding of the failure text "
+                f"(no failure: {self.config.no_failure_text!r}); `added_cond_kwargs['negative_embeds']` also works"
+            )
+        reward_scores = torch.as_tensor(reward_scores, device=device)
+        if reward_scores.dtype == torch.bool or not (reward_scores.is_floating_point() or reward_scores.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"`reward_scores` must be a float tensor, got dtype {reward_scores.dtype}")
+        reward_scores = _broadcast_rows(reward_scores, batch, self.config.reward_num_scores, "reward_scores")
+        failure_text_embeds = _broadcast_rows(
+            torch.as_tensor(failure_text_embeds, device=device),
+            batch,
+            self.config.failure_text_embed_dim,
+            "failure_text_embeds",
+        )
+        if null_reward_mask is not None:
+            null_reward_mask = torch.as_tensor(null_reward_mask, device=device)
+            if null_reward_mask.dtype != torch.bool or null_reward_mask.shape != (batch,):
+                raise ValueError(
+                    f"`null_reward_mask` must be a bool tensor of shape [{batch}], got {null_reward_mask.dtype} "
+                    f"{tuple(null_reward_mask.shape)}"
+                )
+        return reward_scores, failure_text_embeds, null_reward_mask, remaining
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        timestep_cond: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+        down_block_additional_residuals: tuple[torch.Tensor] | None = None,
+        mid_block_additional_residual: torch.Tensor | None = None,
+        down_intrablock_additional_residuals: tuple[torch.Tensor] | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        return_dict: bool = True,
+        reward_scores: torch.Tensor | None = None,
+        failure_text_embeds: torch.Tensor | None = None,
+        null_reward_mask: torch.Tensor | None = None,
+    ) -> UNet2DConditionOutput | tuple:
+        r"""The parent forward plus reward conditions.
+
+        Args:
+            reward_scores (`torch.Tensor` of shape `[B, 3]` or `[3]`):
+                Following, preserving, quality scores in [0, 5]. A single row is broadcast over the batch.
+            failure_text_embeds (`torch.Tensor` of shape `[B, failure_text_embed_dim]`):
+                Pooled text-encoder embedding of the failure text. A single row is broadcast over the batch.
+            null_reward_mask (`torch.BoolTensor` of shape `[B]`, *optional*):
+                Rows that get the null reward condition (reward-condition dropout and reward guidance).
+
+        The official call style `added_cond_kwargs={"reward_scores": ..., "negative_embeds": ..., "image_embeds": ...}`
+        is accepted too; `image_embeds` has no effect, as in the official model.
+        """
+        reward_scores, failure_text_embeds, null_reward_mask, added_cond_kwargs = self._resolve_reward_inputs(
+            sample.shape[0], reward_scores, failure_text_embeds, null_reward_mask, added_cond_kwargs, sample.device
+        )
+        self._attach_conv_in_hook()
+        self._reward_time_term, self._reward_tokens = self.compute_reward_conditioning(
+            reward_scores, failure_text_embeds, null_reward_mask
+        )
+        try:
+            return super().forward(
+                sample,
+                timestep,
+                encoder_hidden_states,
+                class_labels=class_labels,
+                timestep_cond=timestep_cond,
+                attention_mask=attention_mask,
+                cross_attention_kwargs=cross_attention_kwargs,
+                added_cond_kwargs=added_cond_kwargs,
+                down_block_additional_residuals=down_block_additional_residuals,
+                mid_block_additional_residual=mid_block_additional_residual,
+                down_intrablock_additional_residuals=down_intrablock_additional_residuals,
+                encoder_attention_mask=encoder_attention_mask,
+                return_dict=return_dict,
+            )
+        finally:
+            self._reward_time_term = None
+            self._reward_tokens = None
+
+
+def _broadcast_rows(tensor: torch.Tensor, batch: int, width: int, name: str) -> torch.Tensor:
+    if tensor.ndim == 1:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim != 2 or tensor.shape[1] != width or tensor.shape[0] not in (1, batch):
+        raise ValueError(f"`{name}` must have shape [{batch}, {width}] (or [{width}]), got {tuple(tensor.shape)}")
+    return tensor.expand(batch, width) if tensor.shape[0] == 1 else tensor
+
+
+def _load_weights(folder: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    single = os.path.join(folder, "diffusion_pytorch_model.safetensors")
+    index = single + ".index.json"
+    if os.path.isfile(single):
+        return load_file(single)
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as handle:
+            shards = sorted(set(json.load(handle)["weight_map"].values()))
+        state_dict: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state_dict.update(load_file(os.path.join(folder, shard)))
+        return state_dict
+    pickle_path = os.path.join(folder, "diffusion_pytorch_model.bin")
+    if os.path.isfile(pickle_path):
+        if not allow_pickle:
+            raise ValueError(
+                f"{folder!r} only has a pickle checkpoint (diffusion_pytorch_model.bin); pickle files can run code. "
+                "Pass allow_pickle=True if you trust its source (it is then read with torch.load(weights_only=True))"
+            )
+        return torch.load(pickle_path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors (or sharded index) in {folder!r}")
+
+
+_LATENT_REWARD_HOOK = RewardUNet2DConditionModel._latent_reward_hook
+_BASE_PARAMETERS: tuple[str, ...] = tuple(inspect.signature(UNet2DConditionModel.__init__).parameters)[1:]
+_REWARD_PARAMETERS: tuple[str, ...] = tuple(
+    name for name in tuple(inspect.signature(RewardUNet2DConditionModel.__init__).parameters)[1:] if name not in _BASE_PARAMETERS
+)
