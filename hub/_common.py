@@ -1,0 +1,176 @@
+"""Shared pieces of the Hub commands: token lookup, pickle refusal, staging folders, and the upload itself."""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+# Files never uploaded from a model folder (training leftovers, caches, VCS).
+DEFAULT_IGNORE_PATTERNS: tuple[str, ...] = (
+    ".git/*",
+    ".cache/*",
+    "*/.cache/*",
+    "__pycache__/*",
+    "*/__pycache__/*",
+    "*.pyc",
+    "checkpoint-*",
+    "checkpoint-*/*",
+    "logs/*",
+    ".DS_Store",
+)
+# Suffixes of formats that carry Python pickles (arbitrary code on load).
+PICKLE_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy")
+_TEXT_SUFFIXES = (".json", ".txt", ".md", ".yaml", ".yml", ".py", ".model", ".safetensors")
+
+TOKEN_HELP = (
+    "set the HF_TOKEN environment variable to a token with write access (https://huggingface.co/settings/tokens) "
+    "or run `hf auth login` once"
+)
+
+
+class HubTokenError(RuntimeError):
+    """No usable Hugging Face token (the message never contains a token)."""
+
+
+class PickleFileError(ValueError):
+    """A folder to upload contains pickle-based files."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did: the repo, the commit now at the head of `revision`, and whether a new commit was made."""
+
+    repo_id: str
+    repo_type: str
+    revision: str
+    commit_oid: str | None
+    commit_url: str | None
+    created_commit: bool
+    staged_folder: Path | None = None  # the folder that was (or, with dry_run, would be) uploaded
+
+
+def resolve_token(token: str | None = None) -> str:
+    """Return `token`, else ``HF_TOKEN``, else the huggingface_hub login; raise `HubTokenError` when none exists."""
+    if token is not None:
+        if not isinstance(token, str) or not token.strip():
+            raise HubTokenError("`token` must be a non-empty string when given; " + TOKEN_HELP)
+        return token.strip()
+    from huggingface_hub import get_token
+
+    found = get_token()
+    if not found:
+        raise HubTokenError("No Hugging Face token found: " + TOKEN_HELP + ".")
+    return found
+
+
+def is_pickle_file(path: Path) -> bool:
+    """True when `path` holds a pickle: a pickle suffix, a raw pickle header, or a torch zip archive with a ``.pkl``."""
+    name = path.name.lower()
+    if name.endswith(PICKLE_SUFFIXES):
+        return True
+    if name.endswith(_TEXT_SUFFIXES):
+        return False
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if len(head) >= 2 and head[0] == 0x80 and head[1] in (2, 3, 4, 5):  # PROTO opcode of pickle protocols 2-5
+        return True
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(member.endswith(".pkl") for member in archive.namelist())
+        except zipfile.BadZipFile:
+            return False
+    return False
+
+
+def matches_any(relative_path: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatch(relative_path, pattern) for pattern in patterns)
+
+
+def list_upload_files(folder: Path, ignore_patterns: Iterable[str] = DEFAULT_IGNORE_PATTERNS) -> list[str]:
+    """Relative POSIX paths of the files under `folder` that would be uploaded, sorted."""
+    ignore_patterns = tuple(ignore_patterns)
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            relative = path.relative_to(folder).as_posix()
+            if not matches_any(relative, ignore_patterns):
+                files.append(relative)
+    return files
+
+
+def refuse_pickle_files(folder: Path, relative_paths: Iterable[str]) -> None:
+    """Raise `PickleFileError` listing every pickle-based file among `relative_paths`."""
+    offenders = [rel for rel in relative_paths if is_pickle_file(folder / rel)]
+    if offenders:
+        raise PickleFileError(
+            f"refusing to upload pickle-based files from {folder} (they can run arbitrary code when loaded): "
+            f"{', '.join(offenders)}. Save the weights as safetensors (`save_pretrained(..., safe_serialization=True)`) "
+            "and remove the pickle files, or move them out of the folder."
+        )
+
+
+def prepare_staging_folder(staging_dir: Path, overwrite: bool) -> Path:
+    """Create an empty `staging_dir`; an existing non-empty one is replaced only with `overwrite`."""
+    staging_dir = Path(staging_dir)
+    if staging_dir.exists() and any(staging_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"dry-run output folder {staging_dir} already exists and is not empty; choose a new folder or pass "
+                "overwrite=True (`--overwrite`)"
+            )
+        shutil.rmtree(staging_dir)
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    return staging_dir
+
+
+def copy_files(source: Path, relative_paths: Iterable[str], destination: Path) -> None:
+    for rel in relative_paths:
+        target = destination / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / rel, target)
+
+
+def upload_staged_folder(
+    staged: Path,
+    repo_id: str,
+    *,
+    repo_type: str,
+    token: str,
+    private: bool,
+    revision: str | None,
+    commit_message: str,
+    delete_patterns: list[str] | None,
+) -> PushResult:
+    """Create the repo (and branch) if needed and upload `staged` in one commit; unchanged content makes no commit."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    branch = revision or "main"
+    try:
+        head_before = api.repo_info(repo_id, repo_type=repo_type, revision=branch).sha
+    except RevisionNotFoundError:
+        api.create_branch(repo_id, repo_type=repo_type, branch=branch, exist_ok=True)
+        head_before = api.repo_info(repo_id, repo_type=repo_type, revision=branch).sha
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        repo_type=repo_type,
+        folder_path=staged,
+        revision=branch,
+        commit_message=commit_message,
+        delete_patterns=delete_patterns,
+    )
+    return PushResult(
+        repo_id=repo_id,
+        repo_type=repo_type,
+        revision=branch,
+        commit_oid=commit.oid,
+        commit_url=commit.commit_url,
+        created_commit=commit.oid != head_before,
+    )

@@ -1,0 +1,157 @@
+"""Download reward-edit models (ours or the official release) and the official reward dataset from the Hub."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+OFFICIAL_MODEL_REPO = "Gstar666/Reward-InsPix2Pix"
+OFFICIAL_STAGE2_SUBFOLDER = "stage2_reward_instruct_pix2pix"
+OFFICIAL_DATASET_REPO = "Gstar666/RewardEdit"
+OFFICIAL_ANNOTATION_FILENAME = "RewardEdit_20K.json"
+
+# What a pipeline needs: configs, safetensors weights, tokenizer files, the card and our loader shim. No pickles.
+PIPELINE_ALLOW_PATTERNS: tuple[str, ...] = (
+    "model_index.json",
+    "README.md",
+    "*.py",
+    "*/config.json",
+    "*/*.safetensors",
+    "*/*.safetensors.index.json",
+    "*/scheduler_config.json",
+    "*/preprocessor_config.json",
+    "tokenizer/*",
+    "tokenizer_2/*",
+)
+PICKLE_WEIGHT_PATTERNS: tuple[str, ...] = ("*/*.bin", "*/*.bin.index.json")
+
+GATED_DATASET_HELP = (
+    "{repo} is a gated dataset: open https://huggingface.co/datasets/{repo} while logged in, accept its access "
+    "conditions, wait for the approval, then make your token available (HF_TOKEN or `hf auth login`) and retry."
+)
+
+
+def download_model(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    allow_patterns: Sequence[str] | None = None,
+    allow_pickle: bool = False,
+    local_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+) -> Path:
+    """Download the pipeline files of `repo_id` (optionally only `subfolder`) and return the local pipeline folder.
+
+    `allow_patterns` defaults to what a pipeline needs in safetensors form; `allow_pickle=True` adds ``*.bin`` weights
+    (only for trusted repos). `revision` is a branch, tag or commit hash.
+    """
+    from huggingface_hub import snapshot_download
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise ValueError(f"`repo_id` must look like 'namespace/name', got {repo_id!r}")
+    patterns = list(allow_patterns) if allow_patterns is not None else list(PIPELINE_ALLOW_PATTERNS)
+    if allow_pickle and allow_patterns is None:
+        patterns += PICKLE_WEIGHT_PATTERNS
+    if subfolder:
+        subfolder = subfolder.strip("/")
+        patterns = [f"{subfolder}/{pattern}" for pattern in patterns]
+    snapshot = snapshot_download(
+        repo_id,
+        revision=revision,
+        allow_patterns=patterns,
+        local_dir=local_dir,
+        cache_dir=cache_dir,
+        token=token,
+    )
+    folder = Path(snapshot) / subfolder if subfolder else Path(snapshot)
+    if not (folder / "model_index.json").is_file():
+        where = f"{repo_id}/{subfolder}" if subfolder else repo_id
+        raise FileNotFoundError(
+            f"{where} (revision {revision or 'main'}) has no model_index.json: it is not a diffusers pipeline "
+            "(check `repo_id`, `subfolder` and `revision`)"
+        )
+    return folder
+
+
+def pull_model(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    allow_patterns: Sequence[str] | None = None,
+    local_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+    device: Any = None,
+    torch_dtype: Any = None,
+):
+    """Download `repo_id` and load it as a `RewardEditPipeline` (ours, a stock InstructPix2Pix or an official folder)."""
+    from reward_edit_pipeline import load_pipeline
+
+    folder = download_model(
+        repo_id,
+        revision=revision,
+        subfolder=subfolder,
+        allow_patterns=allow_patterns,
+        local_dir=local_dir,
+        cache_dir=cache_dir,
+        token=token,
+    )
+    return load_pipeline(str(folder), device=device, torch_dtype=torch_dtype)
+
+
+def pull_official_model(
+    repo_id: str = OFFICIAL_MODEL_REPO,
+    *,
+    subfolder: str = OFFICIAL_STAGE2_SUBFOLDER,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    local_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+    save_to: str | Path | None = None,
+):
+    """Download the official stage-2 release and convert it with `RewardEditPipeline.from_official`.
+
+    The release folder is a diffusers pipeline whose ``unet/`` is a plain `UNet2DConditionModel` config plus weights
+    carrying the official extra reward keys. With `save_to`, the converted pipeline is also saved there.
+    """
+    from reward_edit_pipeline import RewardEditPipeline
+
+    folder = download_model(
+        repo_id,
+        revision=revision,
+        subfolder=subfolder,
+        allow_pickle=allow_pickle,
+        local_dir=local_dir,
+        cache_dir=cache_dir,
+        token=token,
+    )
+    official_kwargs = {"allow_pickle": True} if allow_pickle else {}
+    pipe = RewardEditPipeline.from_official(str(folder), **official_kwargs)
+    if save_to is not None:
+        pipe.save_pretrained(str(save_to))
+    return pipe
+
+
+def download_official_annotations(
+    repo_id: str = OFFICIAL_DATASET_REPO,
+    *,
+    filename: str = OFFICIAL_ANNOTATION_FILENAME,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+) -> Path:
+    """Download the official reward annotations JSON from the gated dataset repo (access must be granted first)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError
+
+    try:
+        return Path(
+            hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision, cache_dir=cache_dir, token=token)
+        )
+    except GatedRepoError as err:
+        raise PermissionError(GATED_DATASET_HELP.format(repo=repo_id)) from err

@@ -1,0 +1,185 @@
+"""Publish a reward-edit pipeline folder to the Hub: safetensors weights, a generated model card, a loader shim."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    DEFAULT_IGNORE_PATTERNS,
+    PushResult,
+    copy_files,
+    list_upload_files,
+    prepare_staging_folder,
+    refuse_pickle_files,
+    resolve_token,
+    upload_staged_folder,
+)
+from .model_card import (
+    DEFAULT_BASE_MODEL,
+    DEFAULT_DATASETS,
+    DEFAULT_LICENSE,
+    EVAL_RESULTS_FILENAMES,
+    TRAINING_ARGS_FILENAMES,
+    build_model_card,
+    find_first,
+    read_json_file,
+)
+
+# A one-line module shipped in every pushed repo so that `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)`
+# returns our pipeline: diffusers imports it, it imports the installed package. It holds no model code.
+SHIM_FILENAME = "pipeline.py"
+SHIM_SOURCE = '''"""Loader shim: `DiffusionPipeline.from_pretrained(<this repo>, trust_remote_code=True)` imports this file.
+
+The pipeline code lives in the `reward-edit-pipeline` package (`pip install reward-edit-pipeline`).
+"""
+
+from reward_edit_pipeline import RewardEditPipeline  # noqa: F401
+'''
+
+
+def _read_model_index(folder: Path) -> dict[str, Any]:
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(
+            f"`folder` {folder} is not a diffusers pipeline folder: model_index.json is missing "
+            "(save one with `RewardEditPipeline.save_pretrained`)"
+        )
+    return json.loads(index_path.read_text(encoding="utf-8"))
+
+
+def _check_reward_pipeline(folder: Path, model_index: Mapping[str, Any]) -> None:
+    class_name = model_index.get("_class_name")
+    if isinstance(class_name, (list, tuple)):
+        class_name = class_name[-1]
+    if class_name != "RewardEditPipeline":
+        raise ValueError(
+            f"`folder` {folder} holds a {class_name!r} pipeline, not a RewardEditPipeline; convert it first "
+            "(`reward-edit convert-official` or `RewardEditPipeline.from_instruct_pix2pix(...).save_pretrained(...)`)"
+        )
+    unet_entry = model_index.get("unet")
+    if not unet_entry or not (folder / "unet").is_dir():
+        raise ValueError(f"`folder` {folder} has no `unet` component")
+
+
+def _no_failure_text(folder: Path) -> str:
+    config_path = folder / "unet" / "config.json"
+    if config_path.is_file():
+        value = json.loads(config_path.read_text(encoding="utf-8")).get("no_failure_text")
+        if isinstance(value, str):
+            return value
+    from reward_edit_pipeline.rewards import DEFAULT_NO_FAILURE_TEXT
+
+    return DEFAULT_NO_FAILURE_TEXT
+
+
+def stage_model_folder(
+    folder: str | Path,
+    repo_id: str,
+    staging_dir: str | Path,
+    *,
+    revision: str | None = None,
+    base_model: str | None = DEFAULT_BASE_MODEL,
+    datasets: Sequence[str] = DEFAULT_DATASETS,
+    license: str = DEFAULT_LICENSE,  # noqa: A002
+    tags: Sequence[str] = (),
+    training_args: str | Path | Mapping[str, Any] | None = None,
+    eval_results: str | Path | Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    ignore_patterns: Sequence[str] = DEFAULT_IGNORE_PATTERNS,
+    overwrite: bool = False,
+) -> Path:
+    """Write into `staging_dir` exactly what `push_model` uploads: the folder's files, ``README.md`` and the shim.
+
+    Refuses pickle-based files. `training_args` / `eval_results` are mappings or JSON files; when not given, the
+    folder's own ``training_args.json`` / ``eval_results.json`` (if any) are used.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"`folder` {folder} does not exist or is not a directory")
+    _check_reward_pipeline(folder, _read_model_index(folder))
+    files = list_upload_files(folder, ignore_patterns)
+    files = [rel for rel in files if rel not in ("README.md", SHIM_FILENAME)]
+    refuse_pickle_files(folder, files)
+    if not any(rel.endswith(".safetensors") for rel in files):
+        raise ValueError(f"`folder` {folder} contains no .safetensors weights")
+
+    if training_args is None:
+        found = find_first(folder, TRAINING_ARGS_FILENAMES)
+        training_args = read_json_file(found, "training_args") if found else None
+    elif not isinstance(training_args, Mapping):
+        training_args = read_json_file(Path(training_args), "training_args")
+    if eval_results is None:
+        found = find_first(folder, EVAL_RESULTS_FILENAMES)
+        eval_results = read_json_file(found, "eval_results") if found else None
+    elif isinstance(eval_results, (str, Path)):
+        eval_results = read_json_file(Path(eval_results), "eval_results")
+
+    card = build_model_card(
+        repo_id,
+        base_model=base_model,
+        datasets=datasets,
+        license=license,
+        tags=tags,
+        training_args=training_args,
+        eval_results=eval_results,
+        no_failure_text=_no_failure_text(folder),
+        revision=revision,
+        shim_filename=SHIM_FILENAME,
+    )
+    staged = prepare_staging_folder(Path(staging_dir), overwrite=overwrite)
+    copy_files(folder, files, staged)
+    (staged / "README.md").write_text(str(card), encoding="utf-8")
+    (staged / SHIM_FILENAME).write_text(SHIM_SOURCE, encoding="utf-8")
+    return staged
+
+
+def push_model(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    dry_run: bool = False,
+    dry_run_dir: str | Path | None = None,
+    overwrite: bool = False,
+    **card_kwargs: Any,
+) -> PushResult:
+    """Upload the pipeline `folder` to the model repo `repo_id` (created if missing) in a single commit.
+
+    Args:
+        folder (`str` or `Path`): a saved `RewardEditPipeline` folder (safetensors only; pickle files are refused).
+        repo_id (`str`): ``"namespace/name"``.
+        private (`bool`, *optional*, defaults to `False`): create the repo private (an existing repo keeps its setting).
+        revision (`str`, *optional*): branch to push to (created from ``main`` when missing); defaults to ``main``.
+        commit_message (`str`, *optional*): defaults to ``"Upload RewardEditPipeline"``.
+        token (`str`, *optional*): defaults to ``HF_TOKEN`` or the huggingface_hub login. Never printed.
+        dry_run (`bool`, *optional*): only write the folder that would be uploaded to `dry_run_dir`; no network.
+        card_kwargs: `base_model`, `datasets`, `license`, `tags`, `training_args`, `eval_results`, `ignore_patterns`.
+
+    Re-pushing unchanged content makes no commit (`PushResult.created_commit` is `False`).
+    """
+    if dry_run:
+        if dry_run_dir is None:
+            raise ValueError("`dry_run_dir` is required with `dry_run=True` (the folder that would be uploaded)")
+        staged = stage_model_folder(folder, repo_id, dry_run_dir, revision=revision, overwrite=overwrite, **card_kwargs)
+        return PushResult(repo_id, "model", revision or "main", None, None, False, staged_folder=staged)
+    resolved_token = resolve_token(token)
+    with tempfile.TemporaryDirectory(prefix="reward-edit-push-") as tmp:
+        staged = stage_model_folder(folder, repo_id, Path(tmp) / "upload", revision=revision, **card_kwargs)
+        top_level_folders = sorted({rel.split("/")[0] for rel in list_upload_files(staged, ()) if "/" in rel})
+        return upload_staged_folder(
+            staged,
+            repo_id,
+            repo_type="model",
+            token=resolved_token,
+            private=private,
+            revision=revision,
+            commit_message=commit_message or "Upload RewardEditPipeline",
+            # replace stale files inside the pipeline's component folders; other files in the repo are kept
+            delete_patterns=[f"{name}/*" for name in top_level_folders],
+        )

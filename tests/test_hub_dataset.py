@@ -1,0 +1,142 @@
+"""Dataset publishing: parquet shards with Image features + card, through a loopback Hub and `datasets.load_dataset`."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from hub_server import point_clients_at, running_hub
+from PIL import Image
+from reward_edit_pipeline.hub.push_dataset import (
+    COLUMNS,
+    RewardRow,
+    push_dataset,
+    stage_dataset_folder,
+)
+
+TOKEN = "hf_test_write_token"
+
+
+def _image_bytes(seed: int, fmt: str) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def make_rows(count: int = 5) -> list[RewardRow]:
+    rows = []
+    for index in range(count):
+        rows.append(
+            RewardRow(
+                key=f"triplet-{index:03d}",
+                instruction=f"make the sky number {index} purple",
+                original_image=_image_bytes(2 * index, "PNG"),
+                original_filename=f"{index}_0.png",
+                edited_image=_image_bytes(2 * index + 1, "JPEG"),
+                edited_filename=f"{index}_1.jpg",
+                scores=(5.0 - index % 6, 2.5, float(index % 4)),
+                failure_texts=("" if index % 2 else "the sky is still blue", "", "blurry clouds"),
+                judge_model="gpt-4o-2024-05-13",
+                prompt_id="reward-edit-v1",
+            )
+        )
+    return rows
+
+
+@pytest.fixture()
+def hub(tmp_path, monkeypatch):
+    with running_hub() as state:
+        point_clients_at(state.endpoint, monkeypatch, tmp_path / "hf-cache")
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        yield state
+
+
+def _assert_rows_equal(dataset, rows: list[RewardRow]) -> None:
+    assert dataset.num_rows == len(rows)
+    assert list(dataset.column_names) == list(COLUMNS)
+    by_key = {row.key: row for row in rows}
+    for record in dataset.cast_column(
+        "original_image", dataset.features["original_image"].__class__(decode=False)
+    ).cast_column("edited_image", dataset.features["edited_image"].__class__(decode=False)):
+        row = by_key[record["key"]]
+        assert record["instruction"] == row.instruction
+        assert record["original_image"]["bytes"] == row.original_image
+        assert record["edited_image"]["bytes"] == row.edited_image
+        assert (record["following_score"], record["preserving_score"], record["quality_score"]) == row.scores
+        assert (
+            record["following_failure"],
+            record["preserving_failure"],
+            record["quality_failure"],
+        ) == row.failure_texts
+        assert record["judge_model"] == row.judge_model and record["prompt_id"] == row.prompt_id
+
+
+def test_staged_dataset_folder_loads_with_datasets_and_keeps_image_bytes(tmp_path):
+    from datasets import load_dataset
+
+    rows = make_rows(5)
+    staged = stage_dataset_folder(rows, "tester/rewards", tmp_path / "staged", max_shard_bytes=2000)
+    shards = sorted(p.name for p in (staged / "data").iterdir())
+    assert len(shards) > 1 and shards[0] == f"train-00000-of-{len(shards):05d}.parquet"
+    dataset = load_dataset(str(staged), split="train")
+    assert type(dataset.features["original_image"]).__name__ == "Image"
+    _assert_rows_equal(dataset, rows)
+    decoded = dataset[0]["edited_image"]
+    assert decoded.size == (16, 12)
+
+
+def test_dataset_card_has_hub_metadata_and_explains_perspectives(tmp_path):
+    from huggingface_hub import DatasetCard
+
+    staged = stage_dataset_folder(make_rows(3), "tester/rewards", tmp_path / "staged")
+    card = DatasetCard.load(staged / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "cc-by-4.0"
+    assert data["task_categories"] == ["image-to-image"]
+    assert data["size_categories"] == ["n<1K"]
+    assert data["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    feature_names = [feature["name"] for feature in data["dataset_info"]["features"]]
+    assert feature_names == list(COLUMNS)
+    for text in ("instruction following", "detail preserving", "generation quality", "0 (fails completely) to 5"):
+        assert text in card.text
+
+
+def test_push_dataset_round_trips_through_load_dataset(hub):
+    from datasets import load_dataset
+
+    rows = make_rows(4)
+    result = push_dataset(rows, "tester/rewards", max_shard_bytes=1500)
+    assert result.created_commit
+    assert hub.count("lfs-upload") >= 2  # parquet shards travel through LFS
+    dataset = load_dataset("tester/rewards", split="train")
+    _assert_rows_equal(dataset, rows)
+
+
+def test_unchanged_dataset_repush_makes_no_commit_and_changed_push_replaces_stale_shards(hub):
+    rows = make_rows(4)
+    first = push_dataset(rows, "tester/rewards", max_shard_bytes=1500)
+    commits_after_first = len(hub.commits("tester/rewards", "dataset"))
+    again = push_dataset(rows, "tester/rewards", max_shard_bytes=1500)
+    assert not again.created_commit and again.commit_oid == first.commit_oid
+    assert len(hub.commits("tester/rewards", "dataset")) == commits_after_first
+    fewer = push_dataset(rows[:1], "tester/rewards")
+    assert fewer.created_commit
+    files = set(hub.repos[("dataset", "tester/rewards")].head("main").files)
+    assert {f for f in files if f.startswith("data/")} == {"data/train-00000-of-00001.parquet"}
+
+
+def test_push_dataset_dry_run_writes_folder_without_token_or_network(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    result = push_dataset(make_rows(2), "tester/rewards", dry_run=True, dry_run_dir=tmp_path / "out")
+    assert result.commit_oid is None
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()) == [
+        "README.md",
+        "data/train-00000-of-00001.parquet",
+    ]
+
+
+def test_reward_row_rejects_out_of_range_score():
+    with pytest.raises(ValueError, match=r"following score must be in \[0, 5\]"):
+        RewardRow("k", "i", b"x", "a.png", b"y", "b.png", (5.5, 1, 1), ("", "", ""), "m", "p")
