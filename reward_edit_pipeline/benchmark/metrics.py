@@ -43,6 +43,7 @@ class _ClipMetric:
         self.model = CLIPModel.from_pretrained(model_name, local_files_only=True).to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(model_name, local_files_only=True)
         self.device = device
+        self.model_name = model_name
 
     def __call__(self, original: Image.Image, edited: Image.Image, instruction: str) -> dict[str, float]:
         import torch
@@ -73,6 +74,7 @@ class _DinoMetric:
         self.model = AutoModel.from_pretrained(model_name, local_files_only=True).to(device).eval()
         self.processor = AutoImageProcessor.from_pretrained(model_name, local_files_only=True)
         self.device = device
+        self.model_name = model_name
 
     def __call__(self, original: Image.Image, edited: Image.Image, instruction: str) -> dict[str, float]:
         import torch

@@ -314,7 +314,8 @@ def write_plots(report: Mapping[str, Any], plots_dir: Path) -> tuple[list[str], 
         axis.set_xlabel("score")
         axis.set_xticks(range(6))
     axes[0][0].set_ylabel("items")
-    axes[0][-1].legend(fontsize="small")
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize="small")
     figure.tight_layout()
     path = plots_dir / "score_distributions.png"
     figure.savefig(path, dpi=100)
