@@ -1,0 +1,88 @@
+"""`reward-edit push-dataset SOURCE REPO_ID`: upload a reward dataset as parquet shards with a dataset card."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from .push_dataset import DEFAULT_DATASET_LICENSE, DEFAULT_MAX_SHARD_BYTES
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``"500MB"`` -> 500_000_000; a positive size with an optional B/KB/MB/GB/KiB/MiB/GiB unit."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", text, flags=re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 500MB or 1GiB, got {text!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").upper()])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source", metavar="SOURCE", help="An annotation store or an exported reward dataset (parquet / hf-dataset)."
+    )
+    parser.add_argument(
+        "repo_id", metavar="REPO_ID", help="Target dataset repo, 'namespace/name' (created if missing)."
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="Create the repo private (an existing repo is unchanged)."
+    )
+    parser.add_argument(
+        "--revision", default=None, help="Branch to push to (created from main if missing). Default: main."
+    )
+    parser.add_argument("--commit-message", default=None, help="Commit message. Default: 'Upload reward dataset'.")
+    parser.add_argument(
+        "--license", default=DEFAULT_DATASET_LICENSE, help=f"Card license. Default: {DEFAULT_DATASET_LICENSE}."
+    )
+    parser.add_argument("--pretty-name", default=None, help="Card title. Default: the repo name.")
+    parser.add_argument("--tag", dest="tags", action="append", default=[], help="Extra card tag (repeatable).")
+    parser.add_argument(
+        "--max-shard-size",
+        type=parse_size,
+        default=DEFAULT_MAX_SHARD_BYTES,
+        help="Close a parquet shard once its image bytes reach this size (e.g. 500MB). Default: 500MiB.",
+    )
+    parser.add_argument(
+        "--dry-run",
+        metavar="OUT_DIR",
+        default=None,
+        help="Write the exact folder that would be uploaded to OUT_DIR and stop (no token, no network).",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="With --dry-run: replace a non-empty OUT_DIR.")
+
+
+def run(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from ._common import HubTokenError
+    from .push_dataset import push_dataset
+
+    try:
+        result = push_dataset(
+            args.source,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            license=args.license,
+            pretty_name=args.pretty_name,
+            tags=tuple(args.tags),
+            max_shard_bytes=args.max_shard_size,
+            dry_run=args.dry_run is not None,
+            dry_run_dir=args.dry_run,
+            overwrite=args.overwrite,
+        )
+    except (HubTokenError, FileNotFoundError, FileExistsError, ValueError, HfHubHTTPError) as err:
+        print(f"push-dataset: error: {err}", file=sys.stderr)
+        return 2
+    if result.staged_folder is not None:
+        print(f"dry run: the upload folder is {result.staged_folder}")
+    elif result.created_commit:
+        print(f"pushed {args.source} to datasets/{result.repo_id}@{result.revision}: {result.commit_url}")
+    else:
+        print(
+            f"datasets/{result.repo_id}@{result.revision} already has this content; no new commit ({result.commit_oid})"
+        )
+    return 0
