@@ -1,0 +1,23 @@
+"""`reward-edit train`: the same program as `accelerate launch -m reward_edit_pipeline.train`."""
+
+from __future__ import annotations
+
+import argparse
+
+from .args import add_arguments as _add_arguments
+from .args import validate_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .train import train
+
+    try:
+        validate_args(args)
+    except ValueError as error:
+        raise SystemExit(f"reward-edit train: error: {error}") from None
+    train(args)
+    return 0
