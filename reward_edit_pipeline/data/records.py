@@ -1,0 +1,278 @@
+"""Reward records: reading and writing the per-item rewards that condition training.
+
+Formats (`load_reward_records` reads them all; `export_store` writes the last four):
+
+- an annotation store (SQLite, ``reward-edit annotate``);
+- ``official-json``: the official ``RewardEdit_20K.json``: ``{key: [{"Score": s, "Negative Prompt": text}, ×3]}`` in
+  the order following, preserving, quality; an empty failure text is written ``"None"`` (the official convention);
+- ``jsonl`` / ``parquet`` / ``hf-dataset`` (``Dataset.save_to_disk``): one row per item with columns ``id,
+  instruction, original, edited, status, scores, verdicts, failure_texts, errors, error_messages, raw_replies,
+  prompt_ids, models`` (lists in perspective order; failed and pending items included with their reasons).
+
+Only complete items (all three perspectives judged) become `RewardRecord`s; incomplete ones are counted and reported
+(``on_incomplete="skip"`` logs a warning, ``"error"`` raises).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..rewards import PERSPECTIVES, join_failure_texts, validate_score_triple
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS: tuple[str, ...] = ("official-json", "jsonl", "parquet", "hf-dataset")
+OFFICIAL_SCORE_KEY = "Score"
+OFFICIAL_TEXT_KEY = "Negative Prompt"
+OFFICIAL_EMPTY_TEXT = "None"
+OFFICIAL_PROMPT_ID = "official-rewardedit20k"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class RewardRecord:
+    """The rewards of one triplet: scores and failure texts in the order following, preserving, quality."""
+
+    scores: tuple[float, float, float]
+    failure_texts: tuple[str, str, str]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scores", validate_score_triple(self.scores, "scores"))
+        texts = tuple(self.failure_texts)
+        if len(texts) != len(PERSPECTIVES) or not all(isinstance(text, str) for text in texts):
+            raise ValueError(f"`failure_texts` must be 3 strings (following, preserving, quality), got {texts!r}")
+        object.__setattr__(self, "failure_texts", texts)
+
+    @property
+    def failure_text(self) -> str:
+        """The conditioning text: the three texts joined with ``"; "``, an empty one written ``"None"``."""
+        return join_failure_texts(self.failure_texts)
+
+
+# ----------------------------------------------------------------------------------------------------- export rows
+def store_rows(store: Any) -> Iterator[dict[str, Any]]:
+    """Export rows (see module docstring) of every item in an `AnnotationStore`."""
+    for item in store.iter_items():
+        judgments = [item.judgments.get(p) for p in PERSPECTIVES]
+        yield {
+            "id": item.item_id,
+            "instruction": item.instruction,
+            "original": item.original,
+            "edited": item.edited,
+            "status": item.status,
+            "scores": [j.score if j else None for j in judgments],
+            "verdicts": [j.verdict if j else None for j in judgments],
+            "failure_texts": [j.failure_text if j else None for j in judgments],
+            "errors": [(j.error if j else "pending") for j in judgments],
+            "error_messages": [j.error_message if j else None for j in judgments],
+            "raw_replies": [j.raw_reply if j else None for j in judgments],
+            "prompt_ids": [j.prompt_id if j else None for j in judgments],
+            "models": [j.model if j else None for j in judgments],
+        }
+
+
+def _official_entry(scores: list[float], texts: list[str | None]) -> list[dict[str, Any]]:
+    return [
+        {OFFICIAL_SCORE_KEY: score, OFFICIAL_TEXT_KEY: (text or "").strip() or OFFICIAL_EMPTY_TEXT}
+        for score, text in zip(scores, texts)
+    ]
+
+
+def export_store(store_path: str | os.PathLike, export_format: str, output: str | os.PathLike) -> dict[str, int]:
+    """Write a store in ``export_format`` to ``output``. Returns ``{"written": n, "incomplete": m}``.
+
+    ``official-json`` holds only complete items (the format has no place for failures); the others hold every item.
+    """
+    from ..judge.store import AnnotationStore
+
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"`format` must be one of {EXPORT_FORMATS}, got {export_format!r}")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with AnnotationStore(store_path, readonly=True) as store:
+        rows = list(store_rows(store))
+    incomplete = sum(row["status"] != "done" for row in rows)
+    temporary = output.with_name(output.name + ".tmp")
+    if export_format == "official-json":
+        data = {
+            row["id"]: _official_entry(row["scores"], row["failure_texts"]) for row in rows if row["status"] == "done"
+        }
+        temporary.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(temporary, output)
+        return {"written": len(data), "incomplete": incomplete}
+    if export_format == "jsonl":
+        with temporary.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(temporary, output)
+    elif export_format == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows, schema=_arrow_schema()), str(temporary))
+        os.replace(temporary, output)
+    else:
+        import datasets
+        import pyarrow as pa
+
+        table = pa.Table.from_pylist(rows, schema=_arrow_schema())
+        datasets.Dataset(table).save_to_disk(str(output))
+    return {"written": len(rows), "incomplete": incomplete}
+
+
+def _arrow_schema() -> Any:
+    import pyarrow as pa
+
+    text_list = pa.list_(pa.string())
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("instruction", pa.string()),
+            ("original", pa.string()),
+            ("edited", pa.string()),
+            ("status", pa.string()),
+            ("scores", pa.list_(pa.float64())),
+            ("verdicts", text_list),
+            ("failure_texts", text_list),
+            ("errors", text_list),
+            ("error_messages", text_list),
+            ("raw_replies", text_list),
+            ("prompt_ids", text_list),
+            ("models", text_list),
+        ]
+    )
+
+
+# ------------------------------------------------------------------------------------------------- official JSON
+def parse_official_json(data: Any, source: str = "RewardEdit_20K.json") -> dict[str, RewardRecord]:
+    """Validate the official ``{key: [{"Score", "Negative Prompt"} ×3]}`` mapping into records."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: expected a JSON object {{key: [3 entries]}}, got {type(data).__name__}")
+    records: dict[str, RewardRecord] = {}
+    for key, entries in data.items():
+        if not isinstance(entries, list) or len(entries) != len(PERSPECTIVES):
+            raise ValueError(f"{source}: {key!r} must map to a list of 3 entries (following, preserving, quality)")
+        scores, texts = [], []
+        for perspective, entry in zip(PERSPECTIVES, entries):
+            if not isinstance(entry, Mapping) or OFFICIAL_SCORE_KEY not in entry:
+                raise ValueError(f"{source}: {key!r} {perspective} entry lacks {OFFICIAL_SCORE_KEY!r}: {entry!r}")
+            score = entry[OFFICIAL_SCORE_KEY]
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+                raise ValueError(f"{source}: {key!r} {perspective} score must be a number, got {score!r}")
+            text = entry.get(OFFICIAL_TEXT_KEY, "")
+            if text is None:
+                text = ""
+            if not isinstance(text, str):
+                raise ValueError(
+                    f"{source}: {key!r} {perspective} {OFFICIAL_TEXT_KEY!r} must be a string, got {text!r}"
+                )
+            scores.append(float(score))
+            texts.append(text)
+        try:
+            records[str(key)] = RewardRecord(tuple(scores), tuple(texts))  # type: ignore[arg-type]
+        except ValueError as error:
+            raise ValueError(f"{source}: {key!r}: {error}") from None
+    return records
+
+
+def read_official_json(path: str | os.PathLike) -> dict[str, RewardRecord]:
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        return parse_official_json(json.load(handle), str(path))
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+def _records_from_rows(rows: Iterator[dict[str, Any]], source: str) -> tuple[dict[str, RewardRecord], list[str]]:
+    records: dict[str, RewardRecord] = {}
+    incomplete: list[str] = []
+    for row in rows:
+        scores = row.get("scores")
+        texts = row.get("failure_texts")
+        if row.get("status", "done") != "done" or scores is None or any(score is None for score in scores):
+            incomplete.append(str(row["id"]))
+            continue
+        texts = [text or "" for text in (texts or ["", "", ""])]
+        try:
+            records[str(row["id"])] = RewardRecord(tuple(scores), tuple(texts))  # type: ignore[arg-type]
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: item {row['id']!r}: {error}") from None
+    return records, incomplete
+
+
+def _detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+            return "hf-dataset"
+        raise ValueError(f"{path}: a folder must be a saved datasets folder (dataset_info.json)")
+    with path.open("rb") as handle:
+        if handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
+            return "store"
+    suffix = path.suffix.lower()
+    formats = {".json": "official-json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+    if suffix in formats:
+        return formats[suffix]
+    raise ValueError(
+        f"{path}: unknown reward-record format; use a store, .json (official), .jsonl, .parquet or a datasets folder"
+    )
+
+
+def load_reward_records(
+    source: str | os.PathLike | Mapping[str, Any], on_incomplete: Literal["skip", "error"] = "skip"
+) -> dict[str, RewardRecord]:
+    """``{item id: RewardRecord}`` from a store, any export format, or the official JSON (path or loaded dict).
+
+    Args:
+        source: a path (format detected from content/suffix) or an already-loaded official JSON mapping.
+        on_incomplete (`str`, defaults to ``"skip"``): items with failed or pending perspectives are skipped with a
+            warning naming how many (``"skip"``) or raise (``"error"``).
+    """
+    if on_incomplete not in ("skip", "error"):
+        raise ValueError(f"`on_incomplete` must be 'skip' or 'error', got {on_incomplete!r}")
+    if isinstance(source, Mapping):
+        return parse_official_json(source, "<mapping>")
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"reward records not found: {path}")
+    kind = _detect_format(path)
+    if kind == "official-json":
+        return read_official_json(path)
+    if kind == "store":
+        from ..judge.store import AnnotationStore
+
+        with AnnotationStore(path, readonly=True) as store:
+            records, incomplete = _records_from_rows(store_rows(store), str(path))
+    elif kind == "jsonl":
+
+        def jsonl_rows() -> Iterator[dict[str, Any]]:
+            with path.open(encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        yield json.loads(line)
+
+        records, incomplete = _records_from_rows(jsonl_rows(), str(path))
+    elif kind == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(str(path), columns=["id", "status", "scores", "failure_texts"])
+        records, incomplete = _records_from_rows(iter(table.to_pylist()), str(path))
+    else:
+        import datasets
+
+        dataset = datasets.load_from_disk(str(path)).select_columns(["id", "status", "scores", "failure_texts"])
+        records, incomplete = _records_from_rows(iter(dataset), str(path))
+    if incomplete:
+        message = (
+            f"{path}: {len(incomplete)} item(s) lack a successful judgment for every perspective (first: "
+            f"{incomplete[:5]}); run `reward-edit annotate` again to retry them or `reward-edit export` to see reasons"
+        )
+        if on_incomplete == "error":
+            raise ValueError(message)
+        logger.warning(message + "; they are skipped")
+    return records
