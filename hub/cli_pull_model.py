@@ -32,11 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with RewardEditPipeline.from_official.",
     )
     parser.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="With --official: also accept pickle (.bin) weights when the release has no safetensors. Trusted repos only.",
-    )
-    parser.add_argument(
         "--local-dir", default=None, help="Download into this folder instead of the Hugging Face cache."
     )
     parser.add_argument(
@@ -58,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
                 args.repo_id or OFFICIAL_MODEL_REPO,
                 subfolder=args.subfolder or OFFICIAL_STAGE2_SUBFOLDER,
                 revision=args.revision,
-                allow_pickle=args.allow_pickle,
                 local_dir=args.local_dir,
                 save_to=args.save_to,
             )

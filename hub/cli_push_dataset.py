@@ -45,6 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Close a parquet shard once its image bytes reach this size (e.g. 500MB). Default: 500MiB.",
     )
     parser.add_argument(
+        "--triplets",
+        default=None,
+        help="Where images/instructions missing from SOURCE come from (e.g. the InstructPix2Pix clip-filtered folder "
+        "for the official annotations): any folder, manifest or saved dataset `reward-edit train` reads.",
+    )
+    parser.add_argument(
+        "--on-incomplete",
+        choices=("skip", "error"),
+        default="skip",
+        help="Items not judged on all three perspectives: skip them with a warning (default) or fail.",
+    )
+    parser.add_argument(
         "--dry-run",
         metavar="OUT_DIR",
         default=None,
@@ -70,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             pretty_name=args.pretty_name,
             tags=tuple(args.tags),
             max_shard_bytes=args.max_shard_size,
+            triplets=args.triplets,
+            on_incomplete=args.on_incomplete,
             dry_run=args.dry_run is not None,
             dry_run_dir=args.dry_run,
             overwrite=args.overwrite,

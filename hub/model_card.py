@@ -41,7 +41,8 @@ Packaged with [reward-edit-pipeline](https://pypi.org/project/reward-edit-pipeli
 {{ usage_snippet }}
 ```
 
-With diffusers alone (the repository ships a small `{{ shim_filename }}` that imports the installed package):
+With `diffusers.DiffusionPipeline` (`trust_remote_code=True` runs the repository's one-line `{{ shim_filename }}`,
+which only imports the installed `reward_edit_pipeline` package):
 
 ```python
 {{ diffusers_snippet }}
@@ -72,7 +73,7 @@ Reward conditions: `reward_scores` is `(following, preserving, quality)`, each a
 
 
 def usage_snippet(repo_id: str, revision: str | None = None) -> str:
-    """Python that loads `repo_id` with the package's pipeline class and edits one image."""
+    """Python that loads `repo_id` with the package's pipeline class and edits one image (GPU or CPU)."""
     revision_arg = f', revision="{revision}"' if revision and revision != "main" else ""
     return "\n".join(
         [
@@ -80,16 +81,18 @@ def usage_snippet(repo_id: str, revision: str | None = None) -> str:
             "from diffusers.utils import load_image",
             "from reward_edit_pipeline import RewardEditPipeline",
             "",
-            f'pipe = RewardEditPipeline.from_pretrained("{repo_id}"{revision_arg}, torch_dtype=torch.float16).to("cuda")',
-            'image = load_image("https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/diffusers/astronaut.jpg")',
+            'device = "cuda" if torch.cuda.is_available() else "cpu"',
+            'dtype = torch.float16 if device == "cuda" else torch.float32',
+            f'pipe = RewardEditPipeline.from_pretrained("{repo_id}"{revision_arg}, torch_dtype=dtype).to(device)',
+            'image = load_image("input.jpg")  # your photo (a path or an URL)',
             "edited = pipe(",
             '    "make it a watercolor painting",',
             "    image=image,",
-            "    reward_scores=(5, 5, 5),  # following, preserving, quality",
+            "    reward_scores=(5, 5, 5),  # following, preserving, quality: ask for the best edit",
             "    num_inference_steps=30,",
             "    guidance_scale=7.5,",
             "    image_guidance_scale=1.5,",
-            "    generator=torch.Generator().manual_seed(42),",
+            "    generator=torch.Generator(device).manual_seed(42),",
             ").images[0]",
             'edited.save("edited.png")',
         ]
@@ -97,12 +100,15 @@ def usage_snippet(repo_id: str, revision: str | None = None) -> str:
 
 
 def diffusers_snippet(repo_id: str, revision: str | None = None) -> str:
+    """The same with `diffusers.DiffusionPipeline` (the repo's loader module imports the installed package)."""
     revision_arg = f', revision="{revision}"' if revision and revision != "main" else ""
     return "\n".join(
         [
             "from diffusers import DiffusionPipeline",
+            "from diffusers.utils import load_image",
             "",
             f'pipe = DiffusionPipeline.from_pretrained("{repo_id}"{revision_arg}, trust_remote_code=True)',
+            'edited = pipe("make it a watercolor painting", image=load_image("input.jpg"), num_inference_steps=30).images[0]',
         ]
     )
 
@@ -169,7 +175,7 @@ def build_model_card(
     eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     no_failure_text: str = "None; None; None",
     revision: str | None = None,
-    shim_filename: str = "pipeline.py",
+    shim_filename: str = "pipeline_reward_edit.py",
 ):
     """Build the `huggingface_hub.ModelCard` of a reward-edit pipeline repo (deterministic: same inputs, same text)."""
     from huggingface_hub import ModelCard, ModelCardData

@@ -108,7 +108,6 @@ def pull_official_model(
     *,
     subfolder: str = OFFICIAL_STAGE2_SUBFOLDER,
     revision: str | None = None,
-    allow_pickle: bool = False,
     local_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     token: str | None = None,
@@ -125,13 +124,11 @@ def pull_official_model(
         repo_id,
         revision=revision,
         subfolder=subfolder,
-        allow_pickle=allow_pickle,
         local_dir=local_dir,
         cache_dir=cache_dir,
         token=token,
     )
-    official_kwargs = {"allow_pickle": True} if allow_pickle else {}
-    pipe = RewardEditPipeline.from_official(str(folder), **official_kwargs)
+    pipe = RewardEditPipeline.from_official(str(folder))
     if save_to is not None:
         pipe.save_pretrained(str(save_to))
     return pipe

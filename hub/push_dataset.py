@@ -6,10 +6,12 @@ The pushed layout is the standard one `datasets.load_dataset(repo_id)` reads wit
                                            dataset_info.features, configs) + the three perspectives explained
     data/train-00000-of-0000N.parquet      rows, image bytes embedded
 
-Columns (perspective order following, preserving, quality): ``key``, ``instruction``, ``original_image`` (Image),
-``edited_image`` (Image), ``following_score``, ``following_failure``, ``preserving_score``, ``preserving_failure``,
+Columns (perspective order following, preserving, quality): ``id``, ``instruction``, ``original`` (Image),
+``edited`` (Image), ``following_score``, ``following_failure``, ``preserving_score``, ``preserving_failure``,
 ``quality_score``, ``quality_failure`` (scores float32 in [0, 5], failure texts ``""`` when there is nothing to
-report), ``judge_model``, ``prompt_id``.
+report), ``judge_model``, ``prompt_id``. ``id``/``instruction``/``original``/``edited`` are the triplet columns
+`reward_edit_pipeline.data.iter_triplets` reads from a `datasets.Dataset`, so training takes the pushed repo as
+``--dataset_name``; `reward_records_from_dataset` gives its rewards.
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ DEFAULT_MAX_SHARD_BYTES = 500 * 1024 * 1024
 SCORE_COLUMNS: tuple[str, ...] = tuple(f"{perspective}_score" for perspective in PERSPECTIVES)
 FAILURE_COLUMNS: tuple[str, ...] = tuple(f"{perspective}_failure" for perspective in PERSPECTIVES)
 COLUMNS: tuple[str, ...] = (
-    "key",
+    "id",
     "instruction",
-    "original_image",
-    "edited_image",
+    "original",
+    "edited",
     *(column for pair in zip(SCORE_COLUMNS, FAILURE_COLUMNS) for column in pair),
     "judge_model",
     "prompt_id",
@@ -47,10 +49,10 @@ def dataset_features():
     from datasets import Features, Image, Value
 
     features: dict[str, Any] = {
-        "key": Value("string"),
+        "id": Value("string"),
         "instruction": Value("string"),
-        "original_image": Image(),
-        "edited_image": Image(),
+        "original": Image(),
+        "edited": Image(),
     }
     for score_column, failure_column in zip(SCORE_COLUMNS, FAILURE_COLUMNS):
         features[score_column] = Value("float32")
@@ -64,7 +66,7 @@ def dataset_features():
 class RewardRow:
     """One graded triplet, ready for the parquet shards (images as encoded file bytes, never re-encoded)."""
 
-    key: str
+    item_id: str
     instruction: str
     original_image: bytes
     original_filename: str
@@ -76,34 +78,36 @@ class RewardRow:
     prompt_id: str
 
     def __post_init__(self) -> None:
-        for name in ("key", "instruction", "judge_model", "prompt_id"):
+        for name in ("item_id", "instruction", "judge_model", "prompt_id"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(
-                    f"row {self.key!r}: `{name}` must be a string, got {type(getattr(self, name)).__name__}"
+                    f"row {self.item_id!r}: `{name}` must be a string, got {type(getattr(self, name)).__name__}"
                 )
         for name in ("original_image", "edited_image"):
             value = getattr(self, name)
             if not isinstance(value, bytes) or not value:
-                raise ValueError(f"row {self.key!r}: `{name}` must be the non-empty bytes of an image file")
+                raise ValueError(f"row {self.item_id!r}: `{name}` must be the non-empty bytes of an image file")
         if len(self.scores) != len(PERSPECTIVES) or len(self.failure_texts) != len(PERSPECTIVES):
-            raise ValueError(f"row {self.key!r}: need 3 scores and 3 failure texts (following, preserving, quality)")
+            raise ValueError(
+                f"row {self.item_id!r}: need 3 scores and 3 failure texts (following, preserving, quality)"
+            )
         for perspective, score in zip(PERSPECTIVES, self.scores):
             if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-                raise ValueError(f"row {self.key!r}: {perspective} score must be a finite number, got {score!r}")
+                raise ValueError(f"row {self.item_id!r}: {perspective} score must be a finite number, got {score!r}")
             if not MIN_SCORE <= score <= MAX_SCORE:
                 raise ValueError(
-                    f"row {self.key!r}: {perspective} score must be in [{MIN_SCORE:g}, {MAX_SCORE:g}], got {score!r}"
+                    f"row {self.item_id!r}: {perspective} score must be in [{MIN_SCORE:g}, {MAX_SCORE:g}], got {score!r}"
                 )
         for perspective, text in zip(PERSPECTIVES, self.failure_texts):
             if not isinstance(text, str):
-                raise TypeError(f"row {self.key!r}: {perspective} failure text must be a string, got {text!r}")
+                raise TypeError(f"row {self.item_id!r}: {perspective} failure text must be a string, got {text!r}")
 
     def to_example(self) -> dict[str, Any]:
         example: dict[str, Any] = {
-            "key": self.key,
+            "id": self.item_id,
             "instruction": self.instruction,
-            "original_image": {"bytes": self.original_image, "path": self.original_filename},
-            "edited_image": {"bytes": self.edited_image, "path": self.edited_filename},
+            "original": {"bytes": self.original_image, "path": self.original_filename},
+            "edited": {"bytes": self.edited_image, "path": self.edited_filename},
         }
         for score_column, failure_column, score, text in zip(
             SCORE_COLUMNS, FAILURE_COLUMNS, self.scores, self.failure_texts
@@ -157,7 +161,7 @@ from datasets import load_dataset
 
 dataset = load_dataset("{{ repo_id }}", split="train")
 row = dataset[0]
-row["original_image"], row["edited_image"]  # PIL images
+row["instruction"], row["original"], row["edited"]  # PIL images
 row["following_score"], row["following_failure"]
 ```
 
@@ -241,9 +245,9 @@ def write_parquet_shards(
     batch: list[dict[str, Any]] = []
     batch_bytes = 0
     for row in rows:
-        if row.key in seen_keys:
-            raise ValueError(f"duplicate row key {row.key!r}: every triplet must appear once")
-        seen_keys.add(row.key)
+        if row.item_id in seen_keys:
+            raise ValueError(f"duplicate row id {row.item_id!r}: every triplet must appear once")
+        seen_keys.add(row.item_id)
         judge_models.add(row.judge_model)
         prompt_ids.add(row.prompt_id)
         batch.append(row.to_example())
@@ -288,14 +292,16 @@ def stage_dataset_folder(
     return staged
 
 
-def iter_source_rows(source: str | Path | Iterable[RewardRow]) -> Iterator[RewardRow]:
-    """Rows from an annotation store, an exported dataset folder, or an iterable of `RewardRow`."""
+def iter_source_rows(
+    source: str | Path | Iterable[RewardRow], *, triplets: Any = None, on_incomplete: str = "skip"
+) -> Iterator[RewardRow]:
+    """Rows from an annotation store, an export, a folder of pushed shards, or an iterable of `RewardRow`."""
     if not isinstance(source, (str, Path)):
         yield from source
         return
     from .sources import rows_from_path
 
-    yield from rows_from_path(Path(source))
+    yield from rows_from_path(Path(source), triplets=triplets, on_incomplete=on_incomplete)
 
 
 def push_dataset(
@@ -310,15 +316,19 @@ def push_dataset(
     pretty_name: str | None = None,
     tags: Iterable[str] = (),
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    triplets: Any = None,
+    on_incomplete: str = "skip",
     dry_run: bool = False,
     dry_run_dir: str | Path | None = None,
     overwrite: bool = False,
 ) -> PushResult:
     """Upload a reward dataset to the dataset repo `repo_id` (created if missing) in one commit.
 
-    `source` is an annotation store, an exported dataset (parquet / jsonl / `save_to_disk` folder) or rows. Stale
-    shards under ``data/`` are deleted in the same commit; unchanged content makes no commit. With `dry_run`, only
-    `dry_run_dir` is written.
+    `source` is an annotation store, an export of one (jsonl / parquet / `save_to_disk` folder), a folder of pushed
+    shards, or `RewardRow`s. `triplets` (an `iter_triplets` source) supplies images and instructions the source lacks;
+    items not judged on all perspectives are skipped with a warning (`on_incomplete="error"` raises). Stale shards
+    under ``data/`` are deleted in the same commit; unchanged content makes no commit. With `dry_run`, only
+    `dry_run_dir` is written (no token, no network).
     """
     card_kwargs = {
         "license": license,
@@ -326,16 +336,15 @@ def push_dataset(
         "tags": tuple(tags),
         "max_shard_bytes": max_shard_bytes,
     }
+    rows = iter_source_rows(source, triplets=triplets, on_incomplete=on_incomplete)
     if dry_run:
         if dry_run_dir is None:
             raise ValueError("`dry_run_dir` is required with `dry_run=True` (the folder that would be uploaded)")
-        staged = stage_dataset_folder(
-            iter_source_rows(source), repo_id, dry_run_dir, overwrite=overwrite, **card_kwargs
-        )
+        staged = stage_dataset_folder(rows, repo_id, dry_run_dir, overwrite=overwrite, **card_kwargs)
         return PushResult(repo_id, "dataset", revision or "main", None, None, False, staged_folder=staged)
     resolved_token = resolve_token(token)
     with tempfile.TemporaryDirectory(prefix="reward-edit-dataset-") as tmp:
-        staged = stage_dataset_folder(iter_source_rows(source), repo_id, Path(tmp) / "upload", **card_kwargs)
+        staged = stage_dataset_folder(rows, repo_id, Path(tmp) / "upload", **card_kwargs)
         return upload_staged_folder(
             staged,
             repo_id,

@@ -29,16 +29,11 @@ from .model_card import (
     read_json_file,
 )
 
-# A one-line module shipped in every pushed repo so that `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)`
-# returns our pipeline: diffusers imports it, it imports the installed package. It holds no model code.
-SHIM_FILENAME = "pipeline.py"
-SHIM_SOURCE = '''"""Loader shim: `DiffusionPipeline.from_pretrained(<this repo>, trust_remote_code=True)` imports this file.
-
-The pipeline code lives in the `reward-edit-pipeline` package (`pip install reward-edit-pipeline`).
-"""
-
-from reward_edit_pipeline import RewardEditPipeline  # noqa: F401
-'''
+# `RewardEditPipeline.save_pretrained` writes ``"_class_name": [LOADER_MODULE_STEM, "RewardEditPipeline"]`` and a
+# one-line ``{LOADER_MODULE_STEM}.py`` that imports the installed package, so that
+# `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)` returns our pipeline. The name is pinned there.
+LOADER_MODULE_STEM = "pipeline_reward_edit"
+SHIM_FILENAME = f"{LOADER_MODULE_STEM}.py"
 
 
 def _read_model_index(folder: Path) -> dict[str, Any]:
@@ -55,7 +50,10 @@ def _check_reward_pipeline(folder: Path, model_index: Mapping[str, Any]) -> None
     class_name = model_index.get("_class_name")
     if isinstance(class_name, (list, tuple)):
         class_name = class_name[-1]
-    if class_name != "RewardEditPipeline":
+    if class_name != "RewardEditPipeline" or (
+        isinstance(model_index.get("_class_name"), (list, tuple))
+        and model_index["_class_name"][0] != LOADER_MODULE_STEM
+    ):
         raise ValueError(
             f"`folder` {folder} holds a {class_name!r} pipeline, not a RewardEditPipeline; convert it first "
             "(`reward-edit convert-official` or `RewardEditPipeline.from_instruct_pix2pix(...).save_pretrained(...)`)"
@@ -91,7 +89,7 @@ def stage_model_folder(
     ignore_patterns: Sequence[str] = DEFAULT_IGNORE_PATTERNS,
     overwrite: bool = False,
 ) -> Path:
-    """Write into `staging_dir` exactly what `push_model` uploads: the folder's files, ``README.md`` and the shim.
+    """Write into `staging_dir` exactly what `push_model` uploads: the folder's files plus a generated ``README.md``.
 
     Refuses pickle-based files. `training_args` / `eval_results` are mappings or JSON files; when not given, the
     folder's own ``training_args.json`` / ``eval_results.json`` (if any) are used.
@@ -101,8 +99,13 @@ def stage_model_folder(
         raise FileNotFoundError(f"`folder` {folder} does not exist or is not a directory")
     _check_reward_pipeline(folder, _read_model_index(folder))
     files = list_upload_files(folder, ignore_patterns)
-    files = [rel for rel in files if rel not in ("README.md", SHIM_FILENAME)]
+    files = [rel for rel in files if rel != "README.md"]
     refuse_pickle_files(folder, files)
+    if SHIM_FILENAME not in files:
+        raise FileNotFoundError(
+            f"`folder` {folder} lacks the loader module {SHIM_FILENAME} that `RewardEditPipeline.save_pretrained` "
+            "writes (needed by `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`); re-save the pipeline"
+        )
     if not any(rel.endswith(".safetensors") for rel in files):
         raise ValueError(f"`folder` {folder} contains no .safetensors weights")
 
@@ -132,7 +135,6 @@ def stage_model_folder(
     staged = prepare_staging_folder(Path(staging_dir), overwrite=overwrite)
     copy_files(folder, files, staged)
     (staged / "README.md").write_text(str(card), encoding="utf-8")
-    (staged / SHIM_FILENAME).write_text(SHIM_SOURCE, encoding="utf-8")
     return staged
 
 

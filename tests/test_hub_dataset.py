@@ -30,7 +30,7 @@ def make_rows(count: int = 5) -> list[RewardRow]:
     for index in range(count):
         rows.append(
             RewardRow(
-                key=f"triplet-{index:03d}",
+                item_id=f"triplet-{index:03d}",
                 instruction=f"make the sky number {index} purple",
                 original_image=_image_bytes(2 * index, "PNG"),
                 original_filename=f"{index}_0.png",
@@ -56,14 +56,14 @@ def hub(tmp_path, monkeypatch):
 def _assert_rows_equal(dataset, rows: list[RewardRow]) -> None:
     assert dataset.num_rows == len(rows)
     assert list(dataset.column_names) == list(COLUMNS)
-    by_key = {row.key: row for row in rows}
-    for record in dataset.cast_column(
-        "original_image", dataset.features["original_image"].__class__(decode=False)
-    ).cast_column("edited_image", dataset.features["edited_image"].__class__(decode=False)):
-        row = by_key[record["key"]]
+    by_key = {row.item_id: row for row in rows}
+    for record in dataset.cast_column("original", dataset.features["original"].__class__(decode=False)).cast_column(
+        "edited", dataset.features["edited"].__class__(decode=False)
+    ):
+        row = by_key[record["id"]]
         assert record["instruction"] == row.instruction
-        assert record["original_image"]["bytes"] == row.original_image
-        assert record["edited_image"]["bytes"] == row.edited_image
+        assert record["original"]["bytes"] == row.original_image
+        assert record["edited"]["bytes"] == row.edited_image
         assert (record["following_score"], record["preserving_score"], record["quality_score"]) == row.scores
         assert (
             record["following_failure"],
@@ -81,9 +81,9 @@ def test_staged_dataset_folder_loads_with_datasets_and_keeps_image_bytes(tmp_pat
     shards = sorted(p.name for p in (staged / "data").iterdir())
     assert len(shards) > 1 and shards[0] == f"train-00000-of-{len(shards):05d}.parquet"
     dataset = load_dataset(str(staged), split="train")
-    assert type(dataset.features["original_image"]).__name__ == "Image"
+    assert type(dataset.features["original"]).__name__ == "Image"
     _assert_rows_equal(dataset, rows)
-    decoded = dataset[0]["edited_image"]
+    decoded = dataset[0]["edited"]
     assert decoded.size == (16, 12)
 
 
@@ -140,3 +140,91 @@ def test_push_dataset_dry_run_writes_folder_without_token_or_network(tmp_path, m
 def test_reward_row_rejects_out_of_range_score():
     with pytest.raises(ValueError, match=r"following score must be in \[0, 5\]"):
         RewardRow("k", "i", b"x", "a.png", b"y", "b.png", (5.5, 1, 1), ("", "", ""), "m", "p")
+
+
+def _make_store(tmp_path, count: int = 3):
+    """A small annotation store with images on disk: items 0..count-1 complete, one extra item incomplete."""
+    from reward_edit_pipeline.judge.base import PerspectiveJudgment
+    from reward_edit_pipeline.judge.store import AnnotationStore
+
+    images = tmp_path / "images"
+    images.mkdir()
+    store_path = tmp_path / "rewards.sqlite"
+    with AnnotationStore(store_path) as store:
+        items, entries = [], []
+        for index in range(count + 1):
+            item_id = f"{index:07d}"
+            (images / f"{item_id}_0.png").write_bytes(_image_bytes(10 + index, "PNG"))
+            (images / f"{item_id}_1.jpg").write_bytes(_image_bytes(20 + index, "JPEG"))
+            keys = {p: f"{item_id}-{p}" for p in ("following", "preserving", "quality")}
+            items.append(
+                {
+                    "item_id": item_id,
+                    "instruction": f"add {index} balloons",
+                    "original": str(images / f"{item_id}_0.png"),
+                    "edited": f"images/{item_id}_1.jpg",  # relative to the store's folder
+                    "call_keys": keys,
+                }
+            )
+            for offset, perspective in enumerate(("following", "preserving", "quality")):
+                if index == count and perspective == "quality":
+                    judgment = PerspectiveJudgment.failure(perspective, "timeout", prompt_id="p1", model="judge-x")
+                else:
+                    text = "" if (index + offset) % 2 else f"{perspective} problem {index}"
+                    judgment = PerspectiveJudgment.success(
+                        perspective, (index + offset) % 6, "yes", text, prompt_id="p1", model="judge-x"
+                    )
+                entries.append((keys[perspective], item_id, judgment, "judge", None))
+        store.put_items(items)
+        store.record_many(entries)
+    return store_path
+
+
+def test_store_push_loads_back_for_training_readers_with_identical_rewards_and_images(hub, tmp_path):
+    """Round trip store -> Hub -> load_dataset; training's readers see the same triplets and reward records."""
+    from datasets import load_dataset
+    from reward_edit_pipeline.hub.sources import reward_records_from_dataset
+
+    from reward_edit_pipeline.data import iter_triplets, load_reward_records
+
+    store_path = _make_store(tmp_path, count=3)
+    result = push_dataset(store_path, "tester/store-rewards")
+    assert result.created_commit
+    dataset = load_dataset("tester/store-rewards", split="train")
+    assert dataset.num_rows == 3  # the incomplete item is not published
+    assert reward_records_from_dataset(dataset) == load_reward_records(store_path)
+    raw = dataset.cast_column("original", dataset.features["original"].__class__(decode=False))
+    raw = raw.cast_column("edited", dataset.features["edited"].__class__(decode=False))
+    triplets = {t.id: t for t in iter_triplets(raw)}
+    assert sorted(triplets) == ["0000000", "0000001", "0000002"]
+    for item_id, triplet in triplets.items():
+        assert triplet.instruction == f"add {int(item_id)} balloons"
+        assert triplet.original == (tmp_path / "images" / f"{item_id}_0.png").read_bytes()
+        assert triplet.edited == (tmp_path / "images" / f"{item_id}_1.jpg").read_bytes()
+    assert set(dataset["judge_model"]) == {"judge-x"} and set(dataset["prompt_id"]) == {"p1"}
+
+
+def test_store_with_incomplete_items_fails_when_asked_to(tmp_path):
+    store_path = _make_store(tmp_path, count=1)
+    with pytest.raises(ValueError, match="not judged on all three perspectives"):
+        push_dataset(store_path, "tester/x", dry_run=True, dry_run_dir=tmp_path / "out", on_incomplete="error")
+
+
+def test_export_with_missing_image_names_the_item_and_path(tmp_path):
+    import json
+
+    export = tmp_path / "export.jsonl"
+    row = {
+        "id": "a1",
+        "instruction": "x",
+        "original": "nope/a.png",
+        "edited": "nope/b.png",
+        "status": "done",
+        "scores": [1, 2, 3],
+        "failure_texts": ["", "", ""],
+        "models": ["m"] * 3,
+        "prompt_ids": ["p"] * 3,
+    }
+    export.write_text(json.dumps(row) + "\n")
+    with pytest.raises(FileNotFoundError, match=r"item 'a1': original image 'nope/a.png' not found"):
+        push_dataset(export, "tester/x", dry_run=True, dry_run_dir=tmp_path / "out")
