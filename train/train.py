@@ -607,11 +607,14 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
         for epoch in range(first_epoch, num_epochs):
             if done:
                 break
-            sampler.set_epoch(epoch)
             progress.epoch = epoch
+            # The data order of an epoch depends only on (seed, epoch); accelerate's loaders re-apply their own
+            # iteration counter as the epoch when iterated, so set it on the loader actually iterated.
+            train_dataloader.set_epoch(epoch)
             loader = train_dataloader
             if epoch == first_epoch and resume_batches > 0:
                 loader = accelerator.skip_first_batches(train_dataloader, resume_batches)
+                loader.set_epoch(epoch)
                 progress.batches_in_epoch = resume_batches
             else:
                 progress.batches_in_epoch = 0
