@@ -122,23 +122,30 @@ def iter_instruct_pix2pix_folder(root: str | os.PathLike, seeds: SeedSelection =
     )
     listed_seeds = dict(listed) if listed is not None else {}
     for key in keys:
-        folder = root / key
-        instruction = _instruction_from_prompt_json(folder / "prompt.json")
-        pairs = _seed_pairs(folder) if folder.is_dir() else {}
-        wanted = listed_seeds.get(key)
-        if seeds == "first":
-            if wanted:
-                seed = wanted[0]
-            elif pairs:
-                seed = min(pairs, key=_seed_sort_key)
-            else:
-                raise FileNotFoundError(f"{folder}: no '<seed>_0.jpg'/'<seed>_1.jpg' image pair")
-            original, edited = pairs.get(seed, (folder / f"{seed}_0.jpg", folder / f"{seed}_1.jpg"))
-            yield Triplet(key, instruction, original, edited)
+        yield from key_folder_triplets(root, key, seeds, listed_seeds.get(key))
+
+
+def key_folder_triplets(
+    root: str | os.PathLike, key: str, seeds: SeedSelection = "first", listed_seeds: list[str] | None = None
+) -> list[Triplet]:
+    """The triplet(s) of one key folder ``<root>/<key>`` (see the module docstring for ids and seed choice)."""
+    folder = Path(root) / key
+    instruction = _instruction_from_prompt_json(folder / "prompt.json")
+    pairs = _seed_pairs(folder) if folder.is_dir() else {}
+    if seeds == "first":
+        if listed_seeds:
+            seed = listed_seeds[0]
+        elif pairs:
+            seed = min(pairs, key=_seed_sort_key)
         else:
-            for seed in wanted or sorted(pairs, key=_seed_sort_key):
-                original, edited = pairs.get(seed, (folder / f"{seed}_0.jpg", folder / f"{seed}_1.jpg"))
-                yield Triplet(f"{key}/{seed}", instruction, original, edited)
+            raise FileNotFoundError(f"{folder}: no '<seed>_0.jpg'/'<seed>_1.jpg' image pair")
+        original, edited = pairs.get(seed, (folder / f"{seed}_0.jpg", folder / f"{seed}_1.jpg"))
+        return [Triplet(key, instruction, original, edited)]
+    triplets = []
+    for seed in listed_seeds or sorted(pairs, key=_seed_sort_key):
+        original, edited = pairs.get(seed, (folder / f"{seed}_0.jpg", folder / f"{seed}_1.jpg"))
+        triplets.append(Triplet(f"{key}/{seed}", instruction, original, edited))
+    return triplets
 
 
 def _manifest_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
