@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
+from diffusers import ModelMixin, UNet2DConditionModel  # noqa: F401  (diffusers' loader looks up ModelMixin here)
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
@@ -157,18 +157,24 @@ class LatentRewardAttention(nn.Module):
         # logits[b, n, (h, t)] = q[b, n] · (W_q,hᵀ k[b, t, h]) / √d + b_q,h · k[b, t, h] / √d
         folded_keys = torch.einsum("hdc,bthd->bcht", query_weight, keys).reshape(batch, channels, heads * num_tokens)
         folded_bias = torch.einsum("hd,bthd->bht", self.to_q.bias.view(heads, head_dim), keys)
-        logits = torch.baddbmm(folded_bias.reshape(batch, 1, heads * num_tokens), query_tokens, folded_keys, alpha=scale, beta=scale)
+        logits = torch.baddbmm(
+            folded_bias.reshape(batch, 1, heads * num_tokens), query_tokens, folded_keys, alpha=scale, beta=scale
+        )
         probs = logits.view(batch, -1, heads, num_tokens).softmax(dim=-1)
         probs = F.dropout(probs, p=self.dropout, training=self.training)
         # out[b, n] = Σ_(h,t) p[b, n, h, t] · (v[b, t, h] W_o,hᵀ) + b_o
         output_weight = self.to_out.weight.view(channels, heads, head_dim)
-        folded_values = torch.einsum("bthd,chd->bhtc", values, output_weight).reshape(batch, heads * num_tokens, channels)
+        folded_values = torch.einsum("bthd,chd->bhtc", values, output_weight).reshape(
+            batch, heads * num_tokens, channels
+        )
         return torch.baddbmm(self.to_out.bias, probs.reshape(batch, -1, heads * num_tokens), folded_values)
 
     def forward(self, hidden_states: torch.Tensor, condition_tokens: torch.Tensor) -> torch.Tensor:
         """hidden_states: `[B, C, H, W]`; condition_tokens: `[B, T, C]`; returns the residual `[B, C, H, W]`."""
         batch, channels, height, width = hidden_states.shape
-        query_tokens = self.proj_in(self.norm(hidden_states)).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        query_tokens = (
+            self.proj_in(self.norm(hidden_states)).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        )
         attended = F.dropout(self.attend(query_tokens, condition_tokens), p=self.dropout, training=self.training)
         attended = self.attn_norm(attended + query_tokens)
         feed_forward = self.ff_out(F.gelu(self.ff_in(attended)))
@@ -217,7 +223,12 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
             "DownBlock2D",
         ),
         mid_block_type: str | None = "UNetMidBlock2DCrossAttn",
-        up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        up_block_types: tuple[str, ...] = (
+            "UpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+        ),
         only_cross_attention: bool | tuple[bool] = False,
         block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
         layers_per_block: int | tuple[int] = 2,
@@ -278,6 +289,7 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
             if not isinstance(cross_attention_dim, int):
                 raise ValueError("`failure_text_embed_dim` must be set when `cross_attention_dim` is not a single int")
             failure_text_embed_dim = cross_attention_dim
+            self.register_to_config(failure_text_embed_dim=failure_text_embed_dim)
         latent_channels = block_out_channels[0]
         time_embed_dim = self.time_embedding.linear_2.out_features
         reward_features_dim = reward_num_scores * reward_sinusoid_dim
@@ -361,14 +373,17 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
                 f"addition_embed_type={config['addition_embed_type']!r}; this is not an official reward UNet"
             )
         base_config = {name: config[name] for name in _BASE_PARAMETERS if name in config}
+        state_dict = official_to_reward_state_dict(_load_weights(folder, allow_pickle=allow_pickle))
+        text_proj = state_dict.get("failure_text_token_proj.weight")
+        if text_proj is None:
+            raise ValueError(f"{folder!r} has no official reward keys (text_linear.weight missing): a plain UNet?")
         settings = {
             **OFFICIAL_REWARD_CONFIG,
-            "failure_text_embed_dim": 768,
-            "reward_attention_dropout": 0.1,
+            "failure_text_embed_dim": text_proj.shape[1],  # 768 in the release (SD1.5 CLIP ViT-L)
+            "reward_attention_dropout": 0.1,  # BERT dropout of the official layer (active in training only)
             "reward_init": "default",
             **reward_config,
         }
-        state_dict = official_to_reward_state_dict(_load_weights(folder, allow_pickle=allow_pickle))
         model = cls(**base_config, **settings)
         result = model.load_state_dict(state_dict, strict=False)
         if result.missing_keys or result.unexpected_keys:
@@ -381,7 +396,9 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
 
     def save_official_unet(self, path: str | os.PathLike) -> None:
         """Write this model in the official layout (config of a plain `UNet2DConditionModel` + official key names)."""
-        mismatched = {key: self.config[key] for key, value in OFFICIAL_REWARD_CONFIG.items() if self.config[key] != value}
+        mismatched = {
+            key: self.config[key] for key, value in OFFICIAL_REWARD_CONFIG.items() if self.config[key] != value
+        }
         if mismatched or self.config.reward_num_scores != len(PERSPECTIVES):
             raise ValueError(f"the official code hard-codes {OFFICIAL_REWARD_CONFIG}; this model has {mismatched}")
         os.makedirs(path, exist_ok=True)
@@ -482,7 +499,9 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
                 f"(no failure: {self.config.no_failure_text!r}); `added_cond_kwargs['negative_embeds']` also works"
             )
         reward_scores = torch.as_tensor(reward_scores, device=device)
-        if reward_scores.dtype == torch.bool or not (reward_scores.is_floating_point() or reward_scores.dtype in (torch.int32, torch.int64)):
+        if reward_scores.dtype == torch.bool or not (
+            reward_scores.is_floating_point() or reward_scores.dtype in (torch.int32, torch.int64)
+        ):
             raise TypeError(f"`reward_scores` must be a float tensor, got dtype {reward_scores.dtype}")
         reward_scores = _broadcast_rows(reward_scores, batch, self.config.reward_num_scores, "reward_scores")
         failure_text_embeds = _broadcast_rows(
@@ -594,5 +613,7 @@ def _load_weights(folder: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
 _LATENT_REWARD_HOOK = RewardUNet2DConditionModel._latent_reward_hook
 _BASE_PARAMETERS: tuple[str, ...] = tuple(inspect.signature(UNet2DConditionModel.__init__).parameters)[1:]
 _REWARD_PARAMETERS: tuple[str, ...] = tuple(
-    name for name in tuple(inspect.signature(RewardUNet2DConditionModel.__init__).parameters)[1:] if name not in _BASE_PARAMETERS
+    name
+    for name in tuple(inspect.signature(RewardUNet2DConditionModel.__init__).parameters)[1:]
+    if name not in _BASE_PARAMETERS
 )

@@ -1,0 +1,3 @@
+from .pipeline_reward_edit import RewardEditPipeline
+
+__all__ = ["RewardEditPipeline"]
