@@ -12,14 +12,18 @@ from contextlib import asynccontextmanager
 
 
 class TokenBucket:
-    """A token bucket refilled continuously at ``per_minute / 60`` units per second, holding at most ``per_minute``."""
+    """A token bucket refilled continuously at ``per_minute / 60`` units per second.
+
+    It holds at most one second's worth (no minute-long bursts, as servers enforce limits over short windows). A
+    request larger than the bucket waits for a full bucket and drives it negative, so the long-run rate still holds.
+    """
 
     def __init__(self, per_minute: float, name: str) -> None:
-        if not per_minute > 0:
+        if isinstance(per_minute, bool) or not isinstance(per_minute, (int, float)) or not per_minute > 0:
             raise ValueError(f"`{name}` must be a positive number per minute, got {per_minute!r}")
-        self.capacity = float(per_minute)
         self.rate = float(per_minute) / 60.0
-        self.available = float(per_minute)
+        self.capacity = max(1.0, self.rate)
+        self.available = self.capacity
         self.updated = time.monotonic()
         self.name = name
         self._lock = asyncio.Lock()
@@ -30,15 +34,15 @@ class TokenBucket:
         self.updated = now
 
     async def take(self, amount: float) -> None:
-        """Wait until ``amount`` units are available, then take them (amounts above capacity wait for a full bucket)."""
-        amount = min(float(amount), self.capacity)
+        """Wait until ``min(amount, capacity)`` units are available, then take ``amount``."""
+        needed = min(float(amount), self.capacity)
         async with self._lock:  # FIFO: callers are served in arrival order
             while True:
                 self._refill()
-                if self.available >= amount:
-                    self.available -= amount
+                if self.available >= needed:
+                    self.available -= float(amount)
                     return
-                await asyncio.sleep((amount - self.available) / self.rate)
+                await asyncio.sleep((needed - self.available) / self.rate)
 
     def charge(self, amount: float) -> None:
         """Take ``amount`` units without waiting (may go negative; later callers then wait longer)."""
