@@ -21,7 +21,7 @@ from typing import Any
 
 from ..data.triplets import Triplet
 from .base import PerspectiveJudgment
-from .engine import AnnotationSummary, count_calls, estimate, finalize_summary, plan_annotation
+from .engine import AnnotationSummary, count_calls, default_pricing, estimate, finalize_summary, plan_annotation
 from .images import ImageLoadError
 from .openai_judge import OpenAIJudge
 from .pricing import Pricing
@@ -164,6 +164,7 @@ def run_batch_annotation(
     if not 1 <= max_bytes_per_file <= MAX_BYTES_PER_FILE:
         raise ValueError(f"`max_bytes_per_file` must be in [1, {MAX_BYTES_PER_FILE}], got {max_bytes_per_file}")
     started = time.monotonic()
+    pricing = pricing if pricing is not None else default_pricing(judge)
     planned = plan_annotation(items, judge, store, write=not dry_run)
     in_open_batches = store.keys_in_open_batches()
     summary = AnnotationSummary(items=len(planned), dry_run=dry_run, batch=True)

@@ -1,0 +1,60 @@
+"""Reward records: the official JSON format, validation, and the conventions of the failure text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reward_edit_pipeline.data import RewardRecord, load_reward_records, parse_official_json
+
+OFFICIAL = {
+    "0000011": [
+        {"Score": 4.5, "Negative Prompt": "the hat is still red"},
+        {"Score": 5, "Negative Prompt": "There are no noticeable negative aspects."},
+        {"Score": 3.0, "Negative Prompt": ""},
+    ]
+}
+
+
+def test_official_json_loads_in_perspective_order(tmp_path):
+    (tmp_path / "RewardEdit_20K.json").write_text(json.dumps(OFFICIAL))
+    record = load_reward_records(tmp_path / "RewardEdit_20K.json")["0000011"]
+    assert record.scores == (4.5, 5.0, 3.0)
+    assert record.failure_texts[0] == "the hat is still red"
+    assert record.failure_text == "the hat is still red; There are no noticeable negative aspects.; None"
+    assert load_reward_records(OFFICIAL) == {"0000011": record}  # an already-loaded mapping
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ([{"Score": 1, "Negative Prompt": ""}] * 2, "list of 3 entries"),
+        ([{"Score": 7, "Negative Prompt": ""}] * 3, r"\[0, 5\]"),
+        ([{"Score": "4", "Negative Prompt": ""}] * 3, "must be a number"),
+        ([{"Negative Prompt": ""}] * 3, "lacks 'Score'"),
+        ([{"Score": 1, "Negative Prompt": 3}] * 3, "must be a string"),
+    ],
+)
+def test_invalid_official_entries_raise_naming_the_key(entry, message):
+    with pytest.raises(ValueError, match=message) as info:
+        parse_official_json({"k9": entry})
+    assert "k9" in str(info.value)
+
+
+def test_reward_record_validates_and_never_clamps():
+    with pytest.raises(ValueError, match="scores"):
+        RewardRecord((5.5, 1, 1), ("", "", ""))
+    with pytest.raises(ValueError, match="failure_texts"):
+        RewardRecord((1, 1, 1), ("a", "b"))
+    assert RewardRecord((5, 5, 5), ("", "", "")).failure_text == "None; None; None"
+
+
+def test_unknown_formats_are_rejected(tmp_path):
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(ValueError, match="unknown reward-record format"):
+        load_reward_records(tmp_path / "x.txt")
+    with pytest.raises(FileNotFoundError):
+        load_reward_records(tmp_path / "none.json")
+    with pytest.raises(ValueError, match="on_incomplete"):
+        load_reward_records(OFFICIAL, on_incomplete="ignore")
