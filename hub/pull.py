@@ -11,11 +11,11 @@ OFFICIAL_STAGE2_SUBFOLDER = "stage2_reward_instruct_pix2pix"
 OFFICIAL_DATASET_REPO = "Gstar666/RewardEdit"
 OFFICIAL_ANNOTATION_FILENAME = "RewardEdit_20K.json"
 
-# What a pipeline needs: configs, safetensors weights, tokenizer files, the card and our loader shim. No pickles.
+# What a pipeline needs: configs, safetensors weights, tokenizer files and the card. No pickles and no Python files
+# (the repo's loader shims only serve `DiffusionPipeline` with trust_remote_code; our loader never runs them).
 PIPELINE_ALLOW_PATTERNS: tuple[str, ...] = (
     "model_index.json",
     "README.md",
-    "*.py",
     "*/config.json",
     "*/*.safetensors",
     "*/*.safetensors.index.json",

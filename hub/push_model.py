@@ -34,6 +34,16 @@ from .model_card import (
 # `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)` returns our pipeline. The name is pinned there.
 LOADER_MODULE_STEM = "pipeline_reward_edit"
 SHIM_FILENAME = f"{LOADER_MODULE_STEM}.py"
+PACKAGE_NAME = "reward_edit_pipeline"
+# Loading a Hub repo id, diffusers checks every component's library before downloading: it must be a library diffusers
+# knows or a ``<component>/<library>.py`` file in the repo. So each component whose class comes from this package gets
+# a one-line module of that name (a local folder needs none). `RewardEditPipeline.from_pretrained` never runs it.
+COMPONENT_SHIM_TEMPLATE = '''"""Loader shim for `DiffusionPipeline.from_pretrained(<this repo>, trust_remote_code=True)`: the class comes from the
+installed `reward-edit-pipeline` package (`pip install reward-edit-pipeline`); this file holds no model code.
+"""
+
+from reward_edit_pipeline import {class_name}  # noqa: F401
+'''
 
 
 def _read_model_index(folder: Path) -> dict[str, Any]:
@@ -44,6 +54,15 @@ def _read_model_index(folder: Path) -> dict[str, Any]:
             "(save one with `RewardEditPipeline.save_pretrained`)"
         )
     return json.loads(index_path.read_text(encoding="utf-8"))
+
+
+def package_components(model_index: Mapping[str, Any]) -> dict[str, str]:
+    """``{component: class name}`` of the components whose class comes from this package (e.g. the UNet)."""
+    return {
+        name: value[1]
+        for name, value in model_index.items()
+        if isinstance(value, list) and len(value) == 2 and value[0] == PACKAGE_NAME and isinstance(value[1], str)
+    }
 
 
 def _check_reward_pipeline(folder: Path, model_index: Mapping[str, Any]) -> None:
@@ -89,7 +108,8 @@ def stage_model_folder(
     ignore_patterns: Sequence[str] = DEFAULT_IGNORE_PATTERNS,
     overwrite: bool = False,
 ) -> Path:
-    """Write into `staging_dir` exactly what `push_model` uploads: the folder's files plus a generated ``README.md``.
+    """Write into `staging_dir` exactly what `push_model` uploads: the folder's files, a generated ``README.md`` and
+    the component loader shims (``unet/reward_edit_pipeline.py``, see `COMPONENT_SHIM_TEMPLATE`).
 
     Refuses pickle-based files. `training_args` / `eval_results` are mappings or JSON files; when not given, the
     folder's own ``training_args.json`` / ``eval_results.json`` (if any) are used.
@@ -135,6 +155,12 @@ def stage_model_folder(
     staged = prepare_staging_folder(Path(staging_dir), overwrite=overwrite)
     copy_files(folder, files, staged)
     (staged / "README.md").write_text(str(card), encoding="utf-8")
+    for component, class_name in package_components(_read_model_index(folder)).items():
+        if not class_name.isidentifier():
+            raise ValueError(f"model_index.json names an invalid class {class_name!r} for component {component!r}")
+        (staged / component / f"{PACKAGE_NAME}.py").write_text(
+            COMPONENT_SHIM_TEMPLATE.format(class_name=class_name), encoding="utf-8"
+        )
     return staged
 
 
