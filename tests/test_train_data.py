@@ -1,0 +1,138 @@
+"""Training data: bad samples are skipped and counted (never replaced), sampling, latent cache round trip."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _train_fixtures import write_official_rewards, write_triplet_folder  # noqa: E402
+
+from reward_edit_pipeline.testing import get_dummy_tokenizer  # noqa: E402
+from reward_edit_pipeline.train.data import (  # noqa: E402
+    EpochShuffleSampler,
+    SkipCounter,
+    TrainingExample,
+    TripletDataset,
+    attach_rewards,
+    collate_training_batch,
+)
+from reward_edit_pipeline.train.sources import load_training_examples  # noqa: E402
+
+
+def _examples(tmp_path: Path) -> list[TrainingExample]:
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name, size in (("good", 40), ("other", 40), ("small", 24)):
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        paths[name] = path
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"not an image at all")
+    truncated = tmp_path / "truncated.jpg"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(truncated, quality=90)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    return [
+        TrainingExample("ok", "make it red", paths["good"], paths["other"], (5.0, 4.0, 3.0), "None; None; None"),
+        TrainingExample("corrupt", "x", paths["good"], corrupt, (1.0, 1.0, 1.0), "a; b; c"),
+        TrainingExample("missing", "x", tmp_path / "nope.png", paths["good"], (1.0, 1.0, 1.0), "a; b; c"),
+        TrainingExample("mismatch", "x", paths["good"], paths["small"], (1.0, 1.0, 1.0), "a; b; c"),
+        TrainingExample("truncated", "x", paths["good"], truncated, (1.0, 1.0, 1.0), "a; b; c"),
+        TrainingExample("bytes", "make it blue", paths["good"].read_bytes(), paths["other"], (2.0, 2.0, 2.0), "x"),
+    ]
+
+
+def test_bad_images_are_skipped_and_counted_through_dataloader_workers(tmp_path):
+    dataset = TripletDataset(_examples(tmp_path), get_dummy_tokenizer(), resolution=32, with_rewards=True)
+    loader = DataLoader(dataset, batch_size=3, num_workers=1, collate_fn=collate_training_batch)
+    skips, kept = SkipCounter(), []
+    for batch in loader:
+        for skipped in batch["skipped"]:
+            skips.add(skipped.reason, skipped.key, skipped.detail)
+        if batch["batch_size"]:
+            kept.extend(batch["index"].tolist())
+            assert batch["original_pixel_values"].shape == (batch["batch_size"], 3, 32, 32)
+            assert batch["edited_pixel_values"].abs().max() <= 1.0
+            assert batch["failure_text_input_ids"].shape == (batch["batch_size"], 77)
+    assert kept == [0, 5]  # nothing replaced: the batch shrank
+    assert skips.counts == {"unreadable_image": 2, "missing_image": 1, "size_mismatch": 1}
+    assert skips.total == 4 and skips.examples["unreadable_image"] == ["corrupt", "truncated"]
+
+
+def test_an_all_skipped_batch_collates_to_size_zero(tmp_path):
+    examples = _examples(tmp_path)
+    dataset = TripletDataset([examples[1], examples[2]], get_dummy_tokenizer(), resolution=32, with_rewards=False)
+    batch = collate_training_batch([dataset[0], dataset[1]])
+    assert batch["batch_size"] == 0 and [s.reason for s in batch["skipped"]] == ["unreadable_image", "missing_image"]
+
+
+def test_triplets_without_reward_records_are_skipped_and_counted(tmp_path):
+    keys = write_triplet_folder(tmp_path / "data", 4)
+    write_official_rewards(tmp_path / "rewards.json", keys[:3])
+    args = SimpleNamespace(
+        train_data_dir=str(tmp_path / "data"), dataset_name=None, max_train_samples=None, stage=2,
+        rewards=str(tmp_path / "rewards.json"),
+    )  # fmt: skip
+    skips = SkipCounter()
+    examples = load_training_examples(args, skips)
+    assert [example.key for example in examples] == keys[:3]
+    assert skips.counts == {"missing_reward": 1} and skips.examples["missing_reward"] == [keys[3]]
+    official = json.loads((tmp_path / "rewards.json").read_text())
+    first = examples[0]
+    assert first.reward_scores == tuple(float(entry["Score"]) for entry in official[keys[0]])
+    texts = [entry["Negative Prompt"] or "None" for entry in official[keys[0]]]
+    assert first.failure_text == "; ".join(texts)  # following; preserving; quality
+
+
+def test_attach_rewards_rejects_out_of_range_scores():
+    record = SimpleNamespace(scores=(5.0, 6.0, 1.0), failure_texts=("a", None, None))
+    example = TrainingExample("k", "x", "o.png", "e.png")
+    with pytest.raises(ValueError, match=r"preserving score must be a finite number in \[0, 5\]"):
+        attach_rewards([example], {"k": record}, SkipCounter())
+
+
+def test_epoch_sampler_depends_only_on_seed_and_epoch():
+    first, second = EpochShuffleSampler(10, seed=3), EpochShuffleSampler(10, seed=3)
+    assert list(first) == list(second) and sorted(first) == list(range(10))
+    second.set_epoch(1)
+    assert list(first) != list(second)
+    first.set_epoch(1)
+    assert list(first) == list(second)
+
+
+def test_latent_cache_rows_equal_direct_encoding(tmp_path):
+    from reward_edit_pipeline.testing import get_dummy_components
+    from reward_edit_pipeline.train.cache import CachedLatentDataset, build_latent_cache
+
+    components = get_dummy_components(seed=0)
+    examples = [example for example in _examples(tmp_path) if example.key in ("ok", "corrupt", "bytes")]
+    dataset = TripletDataset(examples, components["tokenizer"], resolution=32, with_rewards=True)
+    accelerator = SimpleNamespace(
+        is_main_process=True, process_index=0, num_processes=1, wait_for_everyone=lambda: None
+    )
+    vae, text_encoder = components["vae"], components["text_encoder"]
+    index = build_latent_cache(accelerator, str(tmp_path / "cache"), "fp", dataset, vae, text_encoder, True, 2, 0)
+    assert [entry["key"] for entry in index["skipped"]] == ["corrupt"]
+    cached = CachedLatentDataset(str(tmp_path / "cache"), index)
+    assert len(cached) == 2 and cached.example_indices == [0, 2]
+    row = cached[1]
+    item = dataset[2]
+    with torch.no_grad():
+        distribution = vae.encode(item["edited_pixel_values"][None].flip(-1)).latent_dist
+        pooled = text_encoder(item["failure_text_input_ids"][None])[1]
+    torch.testing.assert_close(row["edited_latent_mean_flipped"], distribution.mean[0])
+    torch.testing.assert_close(row["edited_latent_std_flipped"], distribution.std[0])
+    torch.testing.assert_close(row["failure_text_embeds"], pooled[0])
+    assert row["prompt_embeds"].shape == (77, 32) and row["reward_scores"].tolist() == [2.0, 2.0, 2.0]
+    # a second build with the same fingerprint reuses the shards; another fingerprint rebuilds
+    assert (
+        build_latent_cache(accelerator, str(tmp_path / "cache"), "fp", dataset, vae, text_encoder, True, 2, 0) == index
+    )
