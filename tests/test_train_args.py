@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from reward_edit_pipeline.train.args import build_parser, parse_args
 from reward_edit_pipeline.train.train import list_checkpoints, prune_checkpoints, widen_conv_in
 

@@ -15,8 +15,6 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_fixtures import write_official_rewards, write_triplet_folder  # noqa: E402
-
-from reward_edit_pipeline.testing import get_dummy_tokenizer  # noqa: E402
 from reward_edit_pipeline.train.data import (  # noqa: E402
     EpochShuffleSampler,
     SkipCounter,
@@ -26,6 +24,8 @@ from reward_edit_pipeline.train.data import (  # noqa: E402
     collate_training_batch,
 )
 from reward_edit_pipeline.train.sources import load_training_examples  # noqa: E402
+
+from reward_edit_pipeline.testing import get_dummy_tokenizer  # noqa: E402
 
 
 def _examples(tmp_path: Path) -> list[TrainingExample]:
@@ -109,8 +109,9 @@ def test_epoch_sampler_depends_only_on_seed_and_epoch():
 
 
 def test_latent_cache_rows_equal_direct_encoding(tmp_path):
-    from reward_edit_pipeline.testing import get_dummy_components
     from reward_edit_pipeline.train.cache import CachedLatentDataset, build_latent_cache
+
+    from reward_edit_pipeline.testing import get_dummy_components
 
     components = get_dummy_components(seed=0)
     examples = [example for example in _examples(tmp_path) if example.key in ("ok", "corrupt", "bytes")]

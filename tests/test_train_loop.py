@@ -14,13 +14,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _train_fixtures import write_official_rewards, write_triplet_folder  # noqa: E402
+from reward_edit_pipeline.train.args import parse_args  # noqa: E402
+from reward_edit_pipeline.train.train import main, train  # noqa: E402
 
 from reward_edit_pipeline.testing import (  # noqa: E402
     save_dummy_instruct_pix2pix_folder,
     save_dummy_text_to_image_folder,
 )
-from reward_edit_pipeline.train.args import parse_args  # noqa: E402
-from reward_edit_pipeline.train.train import main, train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
