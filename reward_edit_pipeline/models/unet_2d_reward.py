@@ -20,6 +20,7 @@ import math
 import os
 from typing import Any
 
+import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers import ModelMixin, UNet2DConditionModel  # noqa: F401  (diffusers' loader looks up ModelMixin here)
@@ -402,7 +403,7 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
         if mismatched or self.config.reward_num_scores != len(PERSPECTIVES):
             raise ValueError(f"the official code hard-codes {OFFICIAL_REWARD_CONFIG}; this model has {mismatched}")
         os.makedirs(path, exist_ok=True)
-        config = {"_class_name": UNet2DConditionModel.__name__, "_diffusers_version": self.config._diffusers_version}
+        config = {"_class_name": UNet2DConditionModel.__name__, "_diffusers_version": diffusers.__version__}
         config.update({name: self.config[name] for name in _BASE_PARAMETERS})
         with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
