@@ -152,3 +152,27 @@ def download_official_annotations(
         )
     except GatedRepoError as err:
         raise PermissionError(GATED_DATASET_HELP.format(repo=repo_id)) from err
+
+
+def pull_official_dataset(
+    store_path: str | Path,
+    *,
+    images_dir: str | Path | None = None,
+    repo_id: str = OFFICIAL_DATASET_REPO,
+    filename: str = OFFICIAL_ANNOTATION_FILENAME,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+) -> dict[str, int]:
+    """Download the official annotations (gated: request access first) and import them into the store at
+    `store_path` with the annotation engine's importer (`reward_edit_pipeline.data.official.import_official`).
+
+    `images_dir` is the InstructPix2Pix clip-filtered folder the annotations refer to (instructions and images);
+    without it only the scores and failure texts are imported. Returns the importer's report.
+    """
+    from reward_edit_pipeline.data.official import import_official
+
+    json_path = download_official_annotations(
+        repo_id, filename=filename, revision=revision, cache_dir=cache_dir, token=token
+    )
+    return import_official(json_path, store_path, images_dir=images_dir)

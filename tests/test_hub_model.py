@@ -79,6 +79,19 @@ def test_pull_downloads_a_pushed_model_that_loads_and_edits_identically(hub, sav
     np.testing.assert_array_equal(edit(pipe), expected)
 
 
+def test_pull_model_cli_loads_a_pushed_model_and_saves_it(hub, saved_pipeline, tmp_path, capsys):
+    from reward_edit_pipeline import RewardEditPipeline
+    from reward_edit_pipeline.cli import main
+
+    folder, expected = saved_pipeline
+    push_model(folder, REPO)
+    assert main(["pull-model", REPO, "--save-to", str(tmp_path / "pulled")]) == 0
+    assert "loaded tester/reward-edit-tiny as a RewardEditPipeline" in capsys.readouterr().out
+    pipe = RewardEditPipeline.from_pretrained(tmp_path / "pulled")
+    pipe.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(edit(pipe), expected)
+
+
 @NEEDS_CORE_HUB_LOADING
 def test_pushed_model_loads_with_reward_edit_pipeline_from_repo_id_and_edits_identically(hub, saved_pipeline):
     from reward_edit_pipeline import RewardEditPipeline
@@ -202,6 +215,7 @@ def test_push_of_a_non_reward_folder_is_refused_with_a_pointer(tmp_path):
         push_model(folder, REPO, dry_run=True, dry_run_dir=tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_official_release_is_pulled_from_its_subfolder_and_converted(hub, tmp_path):
     """Serve the official layout (IP2P folder whose unet/ has the official extra keys) under the release repo's
     stage-2 folder; pulling downloads only that folder and converts it like `from_official` on a local copy."""

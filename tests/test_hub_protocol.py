@@ -108,6 +108,7 @@ def test_gated_official_dataset_explains_the_access_step(hub, tmp_path):
     assert json.loads(Path(path).read_text()) == {"k": []}
 
 
+@pytest.mark.slow
 def test_cli_in_a_fresh_process_reaches_the_hub_named_by_hf_endpoint(tmp_path):
     """No patching: the variables a user would set are enough (huggingface_hub reads them at import)."""
     source = stage_dataset_folder(make_rows(2), "tester/rewards", tmp_path / "source")
@@ -127,3 +128,29 @@ def test_cli_in_a_fresh_process_reaches_the_hub_named_by_hf_endpoint(tmp_path):
         again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and "no new commit" in again.stdout
         assert len(state.commits("tester/rewards", "dataset")) == 2  # initial + one push
+
+
+def test_official_dataset_pull_imports_the_annotations_into_a_store(hub, tmp_path):
+    from reward_edit_pipeline.hub.pull import pull_official_dataset
+
+    from reward_edit_pipeline.data import load_reward_records, parse_official_json
+
+    official = {
+        "0000011": [
+            {"Score": 5, "Negative Prompt": "None"},
+            {"Score": 3, "Negative Prompt": "the dog moved"},
+            {"Score": 4.5, "Negative Prompt": "None"},
+        ],
+        "0000042": [
+            {"Score": 1, "Negative Prompt": "nothing changed"},
+            {"Score": 5, "Negative Prompt": "None"},
+            {"Score": 2, "Negative Prompt": "blurry"},
+        ],
+    }
+    (tmp_path / "official").mkdir()
+    (tmp_path / "official" / "RewardEdit_20K.json").write_text(json.dumps(official))
+    hub.seed_folder("Gstar666/RewardEdit", tmp_path / "official", repo_type="dataset", gated=True)
+    hub.repos[("dataset", "Gstar666/RewardEdit")].granted_users.add("tester")
+    report = pull_official_dataset(tmp_path / "store.sqlite")
+    assert report["imported"] == 2
+    assert load_reward_records(tmp_path / "store.sqlite") == parse_official_json(official)
