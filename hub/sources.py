@@ -7,8 +7,8 @@
 - an export of one (``reward-edit export`` as ``jsonl``, ``parquet`` or ``hf-dataset``), same rows;
 - a folder of parquet files already in the pushed layout (a ``--dry-run`` folder or a downloaded dataset repo).
 
-Store and export rows reference images by path; a relative path is resolved against the source's folder, then the
-working directory. Rows without images (the official annotations carry none) take them, and the instruction, from
+Store and export rows reference images by path; a relative path is resolved against the folder holding the source
+(for a ``save_to_disk`` export: the export folder, then its parent), then the working directory. Rows without images (the official annotations carry none) take them, and the instruction, from
 `triplets` (any `reward_edit_pipeline.data.iter_triplets` source, e.g. the InstructPix2Pix clip-filtered folder).
 Items that are not judged on all three perspectives cannot be published; they are counted and skipped (or raise
 with ``on_incomplete="error"``), like `load_reward_records` does.
@@ -125,7 +125,7 @@ def rows_from_export(
 
         by_id = {triplet.id: triplet for triplet in iter_triplets(triplets)}
     rows, base_dir = _export_rows(source)
-    base_dirs = [base_dir]
+    base_dirs = [base_dir, base_dir.parent] if source.is_dir() else [base_dir]
     incomplete: list[str] = []
     for row in rows:
         item_id = str(row["id"])

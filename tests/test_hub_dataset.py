@@ -228,3 +228,61 @@ def test_export_with_missing_image_names_the_item_and_path(tmp_path):
     export.write_text(json.dumps(row) + "\n")
     with pytest.raises(FileNotFoundError, match=r"item 'a1': original image 'nope/a.png' not found"):
         push_dataset(export, "tester/x", dry_run=True, dry_run_dir=tmp_path / "out")
+
+
+@pytest.mark.parametrize("export_format", ["jsonl", "parquet", "hf-dataset"])
+def test_exports_of_a_store_stage_the_same_dataset_as_the_store(tmp_path, export_format):
+    from reward_edit_pipeline.data import export_store
+
+    store_path = _make_store(tmp_path, count=2)
+    export_path = tmp_path / f"export.{export_format}"
+    export_store(store_path, export_format, export_path)
+    from_store = stage_dataset_folder_from(store_path, tmp_path / "a")
+    from_export = stage_dataset_folder_from(export_path, tmp_path / "b")
+    assert from_store == from_export
+
+
+def stage_dataset_folder_from(source, out):
+    result = push_dataset(source, "tester/rewards", dry_run=True, dry_run_dir=out)
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in result.staged_folder.rglob("*") if p.is_file()}
+
+
+def test_official_annotations_without_images_take_them_from_the_clip_filtered_folder(tmp_path):
+    import json
+
+    from datasets import load_dataset
+
+    from reward_edit_pipeline.data.official import import_official
+
+    root = tmp_path / "clip-filtered"
+    for index, key in enumerate(["0000011", "0000042"]):
+        (root / key).mkdir(parents=True)
+        (root / key / "prompt.json").write_text(json.dumps({"edit": f"make it snowy {index}"}))
+        (root / key / "77_0.jpg").write_bytes(_image_bytes(index, "JPEG"))
+        (root / key / "77_1.jpg").write_bytes(_image_bytes(index + 10, "JPEG"))
+    official = {
+        "0000011": [
+            {"Score": 5, "Negative Prompt": "None"},
+            {"Score": 3, "Negative Prompt": "the dog moved"},
+            {"Score": 4, "Negative Prompt": "None"},
+        ],
+        "0000042": [
+            {"Score": 1, "Negative Prompt": "nothing changed"},
+            {"Score": 5, "Negative Prompt": "None"},
+            {"Score": 2, "Negative Prompt": "blurry"},
+        ],
+    }
+    (tmp_path / "RewardEdit_20K.json").write_text(json.dumps(official))
+    import_official(tmp_path / "RewardEdit_20K.json", tmp_path / "store.sqlite")  # scores only, no images
+    with pytest.raises(ValueError, match="pass `triplets`"):
+        push_dataset(tmp_path / "store.sqlite", "tester/x", dry_run=True, dry_run_dir=tmp_path / "fail")
+    result = push_dataset(
+        tmp_path / "store.sqlite", "tester/x", triplets=root, dry_run=True, dry_run_dir=tmp_path / "out"
+    )
+    dataset = load_dataset(str(result.staged_folder), split="train").sort("id")
+    assert dataset["instruction"] == ["make it snowy 0", "make it snowy 1"]
+    assert dataset["following_failure"] == ["", "nothing changed"]
+    assert dataset["quality_score"] == [4.0, 2.0]
+    assert dataset["prompt_id"] == ["official-rewardedit20k"] * 2
+    raw = dataset.cast_column("edited", dataset.features["edited"].__class__(decode=False))
+    assert raw[1]["edited"]["bytes"] == (root / "0000042" / "77_1.jpg").read_bytes()
