@@ -694,7 +694,14 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
     trained_unet = accelerator.unwrap_model(unet)
     fingerprints = gather_object([unet_fingerprint(trained_unet)])
     per_rank = gather_object(
-        [{"rank": rank, "samples_seen": progress.samples_seen, "skipped": progress.skips.as_dict()}]
+        [
+            {
+                "rank": rank,
+                "samples_seen": progress.samples_seen,
+                "last_losses": progress.losses[-10:],
+                "skipped": progress.skips.as_dict(),
+            }
+        ]
     )
     summary: dict[str, Any] = {
         "stage": args.stage,
