@@ -20,6 +20,19 @@ DEFAULT_TAGS: tuple[str, ...] = (
 # Names looked up in a pipeline folder when no file is given explicitly.
 TRAINING_ARGS_FILENAMES: tuple[str, ...] = ("training_args.json", "train_args.json", "args.json")
 EVAL_RESULTS_FILENAMES: tuple[str, ...] = ("eval_results.json", "evaluation.json")
+# `reward-edit train` writes this summary next to the pipeline; its path-free entries describe the run.
+TRAIN_SUMMARY_FILENAME = "train_summary.json"
+TRAIN_SUMMARY_KEYS: tuple[str, ...] = (
+    "stage",
+    "optimization_steps",
+    "max_train_steps",
+    "epochs",
+    "processes",
+    "total_batch_size",
+    "examples",
+    "ema",
+    "final_loss",
+)
 
 _CARD_TEMPLATE = """---
 {{ card_data }}

@@ -23,6 +23,8 @@ from .model_card import (
     DEFAULT_DATASETS,
     DEFAULT_LICENSE,
     EVAL_RESULTS_FILENAMES,
+    TRAIN_SUMMARY_FILENAME,
+    TRAIN_SUMMARY_KEYS,
     TRAINING_ARGS_FILENAMES,
     build_model_card,
     find_first,
@@ -112,7 +114,8 @@ def stage_model_folder(
     the component loader shims (``unet/reward_edit_pipeline.py``, see `COMPONENT_SHIM_TEMPLATE`).
 
     Refuses pickle-based files. `training_args` / `eval_results` are mappings or JSON files; when not given, the
-    folder's own ``training_args.json`` / ``eval_results.json`` (if any) are used.
+    folder's own ``training_args.json`` (else the path-free entries of ``train_summary.json``) / ``eval_results.json``
+    are used when present.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -132,6 +135,9 @@ def stage_model_folder(
     if training_args is None:
         found = find_first(folder, TRAINING_ARGS_FILENAMES)
         training_args = read_json_file(found, "training_args") if found else None
+    if training_args is None and (folder / TRAIN_SUMMARY_FILENAME).is_file():
+        summary = read_json_file(folder / TRAIN_SUMMARY_FILENAME, "train summary")
+        training_args = {key: summary[key] for key in TRAIN_SUMMARY_KEYS if summary.get(key) is not None} or None
     elif not isinstance(training_args, Mapping):
         training_args = read_json_file(Path(training_args), "training_args")
     if eval_results is None:

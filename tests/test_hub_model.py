@@ -55,7 +55,7 @@ def hub(tmp_path, monkeypatch):
 # `<component>/<library>.py` in the repo; with that file present it then insists on running it (trust_remote_code).
 # `RewardEditPipeline.from_pretrained(<repo id>)` therefore needs the core pipeline to download the snapshot itself
 # and to read the UNet's library as its module path (see docs/hub.md, "Loading a repo id"). Until the core
-# pipeline does, these two tests fail for exactly that reason (strict: they flag when it is fixed).
+# pipeline does, these three tests fail for exactly that reason (strict: they flag when it is fixed).
 NEEDS_CORE_HUB_LOADING = pytest.mark.xfail(
     strict=True,
     raises=ValueError,
@@ -88,6 +88,17 @@ def test_pull_model_cli_loads_a_pushed_model_and_saves_it(hub, saved_pipeline, t
     assert main(["pull-model", REPO, "--save-to", str(tmp_path / "pulled")]) == 0
     assert "loaded tester/reward-edit-tiny as a RewardEditPipeline" in capsys.readouterr().out
     pipe = RewardEditPipeline.from_pretrained(tmp_path / "pulled")
+    pipe.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(edit(pipe), expected)
+
+
+@NEEDS_CORE_HUB_LOADING
+def test_pushed_model_loads_with_load_pipeline_from_repo_id(hub, saved_pipeline):
+    from reward_edit_pipeline import load_pipeline
+
+    folder, expected = saved_pipeline
+    push_model(folder, REPO)
+    pipe = load_pipeline(REPO, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(edit(pipe), expected)
 
@@ -160,6 +171,21 @@ def test_model_card_reward_edit_pipeline_snippet_really_runs(hub, saved_pipeline
     push_model(folder, REPO)
     namespace = _run_card_block(0, tmp_path, monkeypatch)
     assert namespace["edited"].size == (32, 32) and (tmp_path / "edited.png").is_file()
+
+
+def test_card_falls_back_to_the_path_free_train_summary(saved_pipeline, tmp_path):
+    import shutil
+
+    folder, _ = saved_pipeline
+    copy = tmp_path / "trained"
+    shutil.copytree(folder, copy)
+    (copy / "training_args.json").unlink()
+    summary = {"stage": 2, "optimization_steps": 40, "output_dir": "/home/me/secret-run", "final_loss": 0.125}
+    (copy / "train_summary.json").write_text(json.dumps(summary))
+    staged = push_model(copy, REPO, dry_run=True, dry_run_dir=tmp_path / "staged").staged_folder
+    card = (staged / "README.md").read_text()
+    assert "| `optimization_steps` | 40 |" in card and "| `final_loss` | 0.125 |" in card
+    assert "secret-run" not in card
 
 
 def test_dry_run_folder_is_exactly_what_a_push_uploads(hub, saved_pipeline, tmp_path):
