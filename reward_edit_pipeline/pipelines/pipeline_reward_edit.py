@@ -333,7 +333,10 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         first = image[0] if isinstance(image, list) else image
         if isinstance(first, torch.Tensor) and first.ndim >= 3 and first.shape[-3] == self.vae.config.latent_channels:
             return image if isinstance(image, torch.Tensor) else torch.cat(list(image))  # already latents
-        height, width = self.image_processor.get_default_height_width(first)
+        if isinstance(first, PIL.Image.Image):
+            width, height = first.size
+        else:  # numpy [H, W, C] / [B, H, W, C], torch [C, H, W] / [B, C, H, W]
+            height, width = (first.shape[-3], first.shape[-2]) if isinstance(first, np.ndarray) else first.shape[-2:]
         factor = self.vae_scale_factor
         if height % factor or width % factor:
             logger.warning(
