@@ -1,0 +1,125 @@
+"""`reward-edit edit` / `convert-official` and `load_pipeline` on tiny local models (no network)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reward_edit_pipeline import RewardEditPipeline
+from reward_edit_pipeline.cli import main
+from reward_edit_pipeline.loading import HubUnavailableError, detect_layout, load_pipeline
+from reward_edit_pipeline.testing import (
+    save_dummy_instruct_pix2pix_folder,
+    save_dummy_official_folder,
+    save_dummy_pipeline,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_dummy_pipeline(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture()
+def photo(tmp_path) -> Path:
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def closed_port_endpoint() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there: connection refused at once
+
+
+def test_edit_writes_the_edited_image(tiny_model, photo, tmp_path):
+    output = tmp_path / "out" / "edited.png"
+    code = main(["edit", str(photo), "make it blue", "-o", str(output), "--model", str(tiny_model), "--steps", "2"])
+    assert code == 0
+    edited = Image.open(output)
+    assert edited.size == (48, 40)
+    first = np.asarray(edited)
+    main(["edit", str(photo), "make it blue", "-o", str(output), "--model", str(tiny_model), "--steps", "2"])
+    assert np.array_equal(np.asarray(Image.open(output)), first)  # fixed default seed
+    main(
+        [
+            "edit",
+            str(photo),
+            "make it blue",
+            "-o",
+            str(output),
+            "--model",
+            str(tiny_model),
+            "--steps",
+            "2",
+            "--scores",
+            "1,1,1",
+        ]
+    )
+    assert not np.array_equal(np.asarray(Image.open(output)), first)
+
+
+def test_edit_rejects_out_of_range_scores_naming_the_flag(photo, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["edit", str(photo), "x", "-o", str(tmp_path / "o.png"), "--scores", "5,7,5"])
+    assert exit_info.value.code == 2
+    assert "--scores" in capsys.readouterr().err
+
+
+def test_edit_reports_an_unreadable_image(tiny_model, tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    assert main(["edit", str(broken), "x", "-o", str(tmp_path / "o.png"), "--model", str(tiny_model)]) == 2
+    assert "cannot read IMAGE" in capsys.readouterr().err
+
+
+def test_unreachable_hub_gives_one_clear_line(photo, tmp_path):
+    env = {
+        "HF_ENDPOINT": closed_port_endpoint(),
+        "HF_HOME": str(tmp_path / "hf"),
+        "REWARD_EDIT_CACHE": str(tmp_path / "c"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "reward_edit_pipeline", "edit", str(photo), "x", "-o", str(tmp_path / "o.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, **env},
+    )
+    assert result.returncode == 1
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "--model" in error_lines[0] and "Traceback" not in result.stderr
+
+
+def test_layouts_are_detected_and_loaded(tmp_path, tiny_model):
+    official = save_dummy_official_folder(tmp_path / "official")
+    ip2p = save_dummy_instruct_pix2pix_folder(tmp_path / "ip2p")
+    assert detect_layout(tiny_model) == "reward"
+    assert detect_layout(official) == "official"
+    assert detect_layout(ip2p) == "instruct-pix2pix"
+    for folder in (tiny_model, official, ip2p):
+        assert isinstance(load_pipeline(str(folder), device="cpu"), RewardEditPipeline)
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        detect_layout(tmp_path)
+
+
+def test_convert_official_writes_a_reward_pipeline_folder(tmp_path):
+    official = save_dummy_official_folder(tmp_path / "official")
+    assert main(["convert-official", str(official), "-o", str(tmp_path / "converted")]) == 0
+    assert detect_layout(tmp_path / "converted") == "reward"
+
+
+def test_unknown_hub_repo_without_network_raises_hub_unavailable(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(HubUnavailableError, match="--model"):
+        load_pipeline("someone/some-model", device="cpu")
