@@ -10,7 +10,8 @@ Real HTTP on 127.0.0.1 (a free port), with programmable replies and fault inject
         ...
         server.chat_count, server.peak_concurrency, server.chat_requests
 
-or standalone: ``python tests/openai_server.py --port 8765 --latency 0.2`` (prints the base URL).
+or standalone: ``python tests/openai_server.py --port 8765 --latency 0.2`` (prints the base URL; ``GET
+/v1/_stats`` returns ``chat_count`` and ``peak_concurrency``, ``POST /v1/_reset`` zeroes them).
 
 **Responders.** ``responder(request: ChatRequest) -> Reply | HTTPError | Delay | Reset | RawBody``. The default,
 `default_responder`, answers a valid judgment whose score is a hash of (instruction, perspective, images), so equal
@@ -457,6 +458,7 @@ class OpenAIServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # one reply = headers + body; no 40 ms delayed-ACK stalls
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
@@ -505,7 +507,10 @@ class OpenAIServer:
                 if not self.authorized():
                     return
                 path = self.path.split("?")[0]
-                if path.endswith("/chat/completions"):
+                if path.endswith("/_reset"):  # test-only endpoint
+                    server.reset_counters()
+                    self.send_json(200, {"reset": True})
+                elif path.endswith("/chat/completions"):
                     self.chat(body)
                 elif path.endswith("/files"):
                     self.upload(body)
@@ -518,6 +523,11 @@ class OpenAIServer:
                 if not self.authorized():
                     return
                 path = self.path.split("?")[0]
+                if path.endswith("/_stats"):  # test-only endpoint: counters of a server in another process
+                    with server.lock:
+                        stats = {"chat_count": server.chat_count, "peak_concurrency": server.peak_concurrency}
+                    self.send_json(200, stats)
+                    return
                 match = re.search(r"/files/([^/]+)(/content)?$", path)
                 if match and match.group(1) in server.files:
                     entry = server.files[match.group(1)]
@@ -619,8 +629,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each chat reply")
     parser.add_argument("--model", default=DEFAULT_MODEL_SNAPSHOT)
+    parser.add_argument("--no-request-log", action="store_true", help="keep only counters (long benchmark runs)")
     args = parser.parse_args()
     server = OpenAIServer(latency=args.latency, model=args.model, port=args.port).start()
+    server.keep_requests = not args.no_request_log
     print(server.base_url, flush=True)
     try:
         while True:

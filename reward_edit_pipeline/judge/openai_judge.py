@@ -162,6 +162,8 @@ class OpenAIJudge(Judge):
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
         self.extra_body = dict(extra_body or {})
+        import openai  # noqa: F401 - loaded with the judge (not with the package), not inside the first request
+
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._sync_client: Any = None
 
@@ -313,12 +315,21 @@ class OpenAIJudge(Judge):
             retryable = True
             async with limiter.slot(estimated_tokens + self.max_tokens):
                 try:
-                    completion = await client.chat.completions.create(**body)
-                    if not getattr(completion, "choices", None):
-                        raise ValueError("the response has no choices")
-                    usage = getattr(completion, "usage", None)
-                    actual = getattr(usage, "total_tokens", 0) or 0
-                    limiter.correct_tokens(estimated_tokens + self.max_tokens, actual)
+                    # The SDK's generic POST (documented for endpoints and fields it does not type) sends the body
+                    # as built and hands back the bytes; `chat.completions.create` would re-walk every message
+                    # part (base64 images included) and build pydantic models, the client's main CPU cost at scale.
+                    raw = await client.post(
+                        "/chat/completions",
+                        cast_to=bytes,
+                        body=body,
+                        options={"security": {"bearer_auth": True}},
+                    )
+                    completion = json.loads(raw)
+                    if not isinstance(completion, dict) or not completion.get("choices"):
+                        raise ValueError(f"the response is not a chat completion with choices: {raw[:200]!r}")
+                    usage = completion.get("usage")
+                    actual = usage.get("total_tokens") if isinstance(usage, dict) else None
+                    limiter.correct_tokens(estimated_tokens + self.max_tokens, actual if isinstance(actual, int) else 0)
                     return completion, None, None, attempt
                 except openai.APIStatusError as error:
                     status = error.status_code
@@ -356,10 +367,11 @@ class OpenAIJudge(Judge):
         else:
             choices = completion.choices
         model = getattr(completion, "model", None)
+        model = str(model) if model is not None else None
         usage = getattr(completion, "usage", None)
         usage = _Namespace(usage) if isinstance(usage, Mapping) else usage
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        prompt_tokens = _count(getattr(usage, "prompt_tokens", 0))
+        completion_tokens = _count(getattr(usage, "completion_tokens", 0))
         share = len(perspectives)
         common = {
             "model": model,
@@ -389,6 +401,9 @@ class OpenAIJudge(Judge):
             return failed("truncated_reply", f"the reply hit max_tokens={self.max_tokens}", content)
         if finish_reason == "content_filter":
             return failed("content_filter", "the reply was blocked by a content filter", content)
+        if isinstance(content, list) and all(isinstance(part, Mapping) for part in content):
+            # some compatible servers answer with content parts: keep their text, in order
+            content = "".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
         if content is not None and not isinstance(content, str):
             return failed("malformed_response", f"message content is not text: {type(content).__name__}", str(content))
         if self.combined:
@@ -463,6 +478,11 @@ class OpenAIJudge(Judge):
                 judgments[judgment.perspective] = judgment
         ordered = tuple(judgments[p] for p in wanted)
         return JudgeResult(ordered, f"{self.name}:{self.model}", {p: self._prompt_for(p).id for p in wanted})
+
+
+def _count(value: Any) -> int:
+    """A token count from a server's usage field (0 when absent or not a non-negative integer)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 class _Namespace:
