@@ -218,6 +218,11 @@ def test_push_to_a_new_branch_keeps_main_untouched(hub, saved_pipeline):
     assert branch.created_commit and branch.revision == "experiment"
     assert hub.repos[("model", REPO)].branches["main"] == main_commit
     assert 'revision="experiment"' in hub.file_bytes(REPO, "README.md", revision="experiment").decode()
+    from reward_edit_pipeline.hub.pull import download_model
+
+    pulled = download_model(REPO, revision="experiment", allow_patterns=["model_index.json", "README.md"])
+    assert sorted(p.name for p in pulled.iterdir()) == ["README.md", "model_index.json"]
+    assert "license: mit" in (pulled / "README.md").read_text()
 
 
 def test_push_refuses_pickle_weights_before_any_request(hub, saved_pipeline, tmp_path):

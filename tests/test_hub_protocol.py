@@ -154,3 +154,15 @@ def test_official_dataset_pull_imports_the_annotations_into_a_store(hub, tmp_pat
     report = pull_official_dataset(tmp_path / "store.sqlite")
     assert report["imported"] == 2
     assert load_reward_records(tmp_path / "store.sqlite") == parse_official_json(official)
+
+
+def test_private_dataset_push_is_only_readable_with_the_token(hub, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    push_dataset(make_rows(1), "tester/private-rewards", private=True)
+    assert hub.repos[("dataset", "tester/private-rewards")].private
+    assert HfApi().dataset_info("tester/private-rewards").private is True
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi().dataset_info("tester/private-rewards")
