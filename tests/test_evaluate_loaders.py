@@ -159,13 +159,14 @@ def test_generation_config_rejects_out_of_range_values():
 
 def test_reward_score_settings_parse_and_reject_out_of_range():
     assert parse_reward_scores("5,5,5") == (5.0, 5.0, 5.0)
-    assert parse_reward_scores("none") is None
+    with pytest.raises(ValueError, match="three comma-separated numbers"):
+        parse_reward_scores("none")
     with pytest.raises(ValueError, match=r"\[0, 5\]"):
         parse_reward_scores("6,5,5")
     with pytest.raises(ValueError, match="three comma-separated numbers"):
         parse_reward_scores("5;5;5")
-    settings = build_settings(["/m/a", "/n/b"], [(5.0, 5.0, 5.0), None])
-    assert [s.label for s in settings] == ["a [5,5,5]", "a [none]", "b [5,5,5]", "b [none]"]
+    settings = build_settings(["/m/a", "/n/b"], [(5.0, 5.0, 5.0), (3.0, 4.5, 5.0)])
+    assert [s.label for s in settings] == ["a [5,5,5]", "a [3,4.5,5]", "b [5,5,5]", "b [3,4.5,5]"]
     assert len({s.slug for s in settings}) == 4
 
 
@@ -214,8 +215,9 @@ def test_pixel_distances_are_zero_for_identical_images_and_exact_for_known_ones(
 
 
 def test_missing_clip_and_dino_weights_are_skipped_with_a_notice(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     suite = load_metric_suite()
     assert suite.available == ["l1", "l2"]
     assert any(n.startswith("CLIP-I/CLIP-T skipped") for n in suite.notices)
@@ -302,3 +304,50 @@ def test_report_counts_failed_judgments_and_computes_accuracy_per_type():
     assert "add a &lt;hat&gt;" in page and "the hat &lt;is&gt; red" in page and "<hat>" not in page
     assert "failed (unparsable_reply)" in page and "edits/a/i1.png" in page and "originals/x.png" in page
     assert compare_settings(rows, "b", "a", EDIT_TYPES)["overall"]["following"]["losses"] == 1
+
+
+def test_clip_and_dino_metrics_run_from_local_folders(tmp_path):
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
+    )
+
+    from reward_edit_pipeline.testing import get_dummy_tokenizer
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    tokenizer = get_dummy_tokenizer()
+    tower = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=77, **tower,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id),
+            vision_config=dict(image_size=32, patch_size=8, **tower),
+            projection_dim=16,
+        )
+    )  # fmt: skip
+    clip.save_pretrained(tmp_path / "clip")
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp_path / "clip")
+    ViTModel(ViTConfig(image_size=32, patch_size=8, **tower), add_pooling_layer=False).save_pretrained(
+        tmp_path / "dino"
+    )
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "dino")
+
+    suite = load_metric_suite(clip_model=str(tmp_path / "clip"), dino_model=str(tmp_path / "dino"))
+    assert suite.available == ["l1", "l2", "clip_i", "clip_t", "dino"] and suite.notices == []
+    import skimage.data
+
+    cat = Image.fromarray(skimage.data.chelsea())
+    coffee = Image.fromarray(skimage.data.coffee()).resize(cat.size)
+    same = suite(cat, cat, "make the cat blue")
+    different = suite(cat, coffee, "make the cat blue")
+    assert same["clip_i"] == pytest.approx(1.0, abs=1e-5) and same["dino"] == pytest.approx(1.0, abs=1e-5)
+    assert different["clip_i"] < 1.0 - 1e-4 and different["dino"] < 1.0 - 1e-4
+    assert -1.0 <= different["clip_t"] <= 1.0 and same["l1"] == 0.0 < different["l1"]

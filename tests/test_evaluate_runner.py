@@ -22,10 +22,10 @@ class FakePipeline:
         self.model = model
         self.log = log
 
-    def __call__(self, prompt, image, *, generator, reward_scores=None, **kwargs):
+    def __call__(self, prompt, image, *, generator, reward_scores, **kwargs):
         self.log.append((self.model, prompt, reward_scores, kwargs["num_inference_steps"]))
         noise = torch.rand((image.height, image.width, 3), generator=generator).numpy()
-        shift = 0.0 if reward_scores is None else sum(reward_scores) / 30.0
+        shift = sum(reward_scores) / 30.0
         pixels = np.clip(np.asarray(image, dtype=np.float32) / 255.0 * 0.5 + noise * 0.25 + shift, 0, 1)
         return SimpleNamespace(images=[Image.fromarray((pixels * 255).astype(np.uint8))])
 
@@ -173,15 +173,17 @@ def test_interrupted_generation_resumes_with_identical_images(bench, tmp_path):
     assert {p.name: p.read_bytes() for p in (out / "edits").rglob("*.png")} == reference
 
 
-def test_several_score_settings_and_no_reward_setting_are_run_separately(bench, tmp_path):
+def test_several_score_settings_are_run_as_separate_settings(bench, tmp_path):
     log: list = []
     report = run_evaluation(
-        _config(bench, tmp_path / "out", models=["model-a"], score_settings=[(5.0, 5.0, 5.0), None], limit=2),
+        _config(
+            bench, tmp_path / "out", models=["model-a"], score_settings=[(5.0, 5.0, 5.0), (3.0, 3.0, 3.0)], limit=2
+        ),
         None,
         lambda s, c: FakePipeline(s.model, log),
     )
-    assert [s["label"] for s in report["settings"]] == ["model-a [5,5,5]", "model-a [none]"]
-    assert sorted({entry[2] for entry in log}, key=str) == [(5.0, 5.0, 5.0), None]
+    assert [s["label"] for s in report["settings"]] == ["model-a [5,5,5]", "model-a [3,3,3]"]
+    assert sorted({entry[2] for entry in log}) == [(3.0, 3.0, 3.0), (5.0, 5.0, 5.0)]
     assert len(log) == 4 and report["run"]["n_items"] == 2
 
 

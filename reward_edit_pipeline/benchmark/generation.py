@@ -37,15 +37,14 @@ class EditSetting:
 
     Attributes:
         model (`str`): what `reward_edit_pipeline.load_pipeline` loads (local folder or Hub id).
-        reward_scores (`tuple[float, float, float]`, *optional*): (following, preserving, quality) conditions;
-            ``None`` runs the model without reward conditions (its learned null condition).
+        reward_scores (`tuple[float, float, float]`): (following, preserving, quality) conditions.
         failure_text (`str`, *optional*): failure-text condition; ``None`` uses the model's "no failure" text.
         label (`str`): the name shown in the report.
         slug (`str`): file-name-safe unique name, used for the folder of edited images.
     """
 
     model: str
-    reward_scores: tuple[float, float, float] | None
+    reward_scores: tuple[float, float, float]
     failure_text: str | None
     label: str
     slug: str
@@ -108,29 +107,24 @@ def prepare_input_image(image: Image.Image, resolution: int = 512, multiple: int
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def _format_scores(scores: tuple[float, float, float] | None) -> str:
-    if scores is None:
-        return "none"
+def _format_scores(scores: tuple[float, float, float]) -> str:
     return ",".join(f"{value:g}" for value in scores)
 
 
-def parse_reward_scores(text: str, name: str = "--scores") -> tuple[float, float, float] | None:
-    """Parse ``"5,5,5"`` (following, preserving, quality) or ``"none"`` (no reward condition)."""
-    if text.strip().lower() == "none":
-        return None
+def parse_reward_scores(text: str, name: str = "--scores") -> tuple[float, float, float]:
+    """Parse ``"5,5,5"`` (following, preserving, quality), each in [0, 5]."""
     parts = [part.strip() for part in text.split(",")]
     try:
         values = [float(part) for part in parts]
     except ValueError as error:
         raise ValueError(
-            f"`{name}` must be three comma-separated numbers in [0, 5] (following,preserving,quality) or 'none', "
-            f"got {text!r}"
+            f"`{name}` must be three comma-separated numbers in [0, 5] (following,preserving,quality), got {text!r}"
         ) from error
     return validate_score_triple(values, name=name)
 
 
 def build_settings(
-    models: Sequence[str], score_settings: Sequence[tuple[float, float, float] | None], failure_text: str | None = None
+    models: Sequence[str], score_settings: Sequence[tuple[float, float, float]], failure_text: str | None = None
 ) -> list[EditSetting]:
     """All (model, reward scores) combinations, with readable labels and unique file-name-safe slugs."""
     if not models:
@@ -280,22 +274,17 @@ def edit_one(pipe, record: EditRecord, config: GenerationConfig) -> Image.Image:
     with Image.open(record.original_path) as original:
         original_image = original.convert("RGB")
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    kwargs = {}
-    if record.setting.reward_scores is None:
-        kwargs["reward_scores"] = None
-    else:
-        kwargs["reward_scores"] = record.setting.reward_scores
-        kwargs["failure_text"] = record.setting.failure_text
-        kwargs["reward_guidance_scale"] = config.reward_guidance_scale
     output = pipe(
         record.item.instruction,
         image=original_image,
         num_inference_steps=config.steps,
         guidance_scale=config.guidance_scale,
         image_guidance_scale=config.image_guidance_scale,
+        reward_scores=record.setting.reward_scores,
+        failure_text=record.setting.failure_text,
+        reward_guidance_scale=config.reward_guidance_scale,
         generator=generator,
         output_type="pil",
-        **kwargs,
     )
     edited = output.images[0]
     if edited.size != original_image.size:

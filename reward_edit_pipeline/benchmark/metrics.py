@@ -101,6 +101,16 @@ class MetricSuite:
         return values
 
 
+def _local_snapshot(repo_id: str) -> str | None:
+    """The folder of `repo_id` in the local Hugging Face cache, or ``None``; never touches the network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not cached, or not a valid repo id
+        return None
+
+
 def load_metric_suite(
     clip_model: str | None = None,
     dino_model: str | None = None,
@@ -125,17 +135,24 @@ def load_metric_suite(
             suite.notices.append(f"{label} skipped: disabled")
             continue
         model_name = explicit or default
+        if explicit is None or not Path(explicit).exists():
+            local = _local_snapshot(model_name)
+            if local is None:
+                if explicit is not None:
+                    raise ValueError(
+                        f"--{kind}-model {explicit!r}: neither a local folder nor a model in the local Hugging Face "
+                        "cache (nothing is downloaded)"
+                    )
+                suite.notices.append(
+                    f"{label} skipped: weights for {default!r} are not available locally (nothing is downloaded); "
+                    f"pass --{kind}-model PATH to a local copy"
+                )
+                continue
+            model_name = local
         try:
             scorer = loader(model_name, device)
         except (OSError, ValueError, ImportError) as error:
-            if explicit is not None:
-                where = "folder" if Path(explicit).exists() else "model (not in the local cache, nothing is downloaded)"
-                raise ValueError(f"--{kind}-model {explicit!r}: cannot load this {where}: {error}") from error
-            suite.notices.append(
-                f"{label} skipped: weights for {default!r} are not available locally (nothing is downloaded); "
-                f"pass --{kind}-model PATH to a local copy"
-            )
-            continue
+            raise ValueError(f"--{kind}-model {explicit or default!r}: cannot load {model_name}: {error}") from error
         suite.scorers.append(scorer)
         suite.available.extend(names)
     return suite

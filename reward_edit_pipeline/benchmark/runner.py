@@ -50,7 +50,7 @@ class EvaluationConfig:
     Attributes:
         bench: benchmark folder or file (see `load_benchmark`).
         models: models to evaluate (`load_pipeline` arguments).
-        score_settings: reward conditions to run each model with (``None`` = without reward conditions).
+        score_settings: reward conditions to run each model with.
         out_dir: output folder.
         generation: how edits are generated.
         failure_text: the failure-text condition (``None``: each model's "no failure" text).
@@ -66,7 +66,7 @@ class EvaluationConfig:
     bench: Path
     models: Sequence[str]
     out_dir: Path
-    score_settings: Sequence[tuple[float, float, float] | None] = ((5.0, 5.0, 5.0),)
+    score_settings: Sequence[tuple[float, float, float]] = ((5.0, 5.0, 5.0),)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     failure_text: str | None = None
     limit: int | None = None
@@ -223,7 +223,7 @@ def run_evaluation(
             "slug": s.slug,
             "label": s.label,
             "model": s.model,
-            "reward_scores": None if s.reward_scores is None else list(s.reward_scores),
+            "reward_scores": list(s.reward_scores),
             "failure_text": s.failure_text,
         }
         for s in settings

@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="scores",
         action="append",
         metavar="F,P,Q",
-        help="Reward conditions (following,preserving,quality in [0, 5]) or 'none' for no reward condition; repeat "
-        "for several settings (default: 5,5,5).",
+        help="Reward conditions (following,preserving,quality, each in [0, 5]); repeat for several settings "
+        "(default: 5,5,5). For reward vs no reward, evaluate the stage-1 InstructPix2Pix model as another --model.",
     )
     parser.add_argument(
         "--failure-text",
