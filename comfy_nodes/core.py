@@ -307,8 +307,9 @@ def resolve_pipeline_folder(name: str, model_roots: Sequence[str | os.PathLike[s
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError("`model` must name a pipeline folder inside models/diffusers")
-    pure = PurePosixPath(name.replace("\\", "/"))
-    if pure.is_absolute() or re.match(r"^[A-Za-z]:", name) or any(part in ("..", ".", "") for part in pure.parts):
+    raw_parts = name.replace("\\", "/").split("/")
+    pure = PurePosixPath(*raw_parts)
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or any(p in ("..", ".", "") for p in raw_parts):
         raise ValueError(f"`model` must be a folder name inside models/diffusers, not a path: {name!r}")
     for root in model_roots:
         root = Path(root)
@@ -343,7 +344,13 @@ def resolve_model_source(model: str, hub_id: str, model_roots: Sequence[str | os
     """``(source, is_local)`` for the loader's `model`/`hub_id` pair; exactly one of them names the model."""
     hub_id = hub_id if isinstance(hub_id, str) else ""
     if model == HUB_ID_CHOICE:
-        return check_hub_id(hub_id), False
+        hub_id = check_hub_id(hub_id)
+        if os.path.exists(hub_id):  # the loader would take it for a folder relative to ComfyUI's working directory
+            raise ValueError(
+                f"`hub_id` {hub_id!r} names a local path relative to ComfyUI's working directory, not a Hub "
+                "repository; put local pipelines into models/diffusers and choose them with `model`"
+            )
+        return hub_id, False
     if hub_id.strip():
         raise ValueError(
             f"`hub_id` is {hub_id.strip()!r} but `model` is the local folder {model!r}; choose {HUB_ID_CHOICE!r} as "

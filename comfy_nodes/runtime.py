@@ -93,7 +93,7 @@ def load_pipe(model: str, hub_id: str, device: str, dtype: str) -> RewardEditPip
         from reward_edit_pipeline import load_pipeline
 
         logger.info("Reward Edit: loading %s (%s, %s)", source, device, torch_dtype)
-        pipeline = load_pipeline(source, torch_dtype=torch_dtype)
+        pipeline = load_pipeline(source, device="cpu", torch_dtype=torch_dtype)  # ComfyUI moves it later
         pipeline.set_progress_bar_config(disable=True)  # ComfyUI's progress bar reports instead
         patcher = None
         if device == "auto":

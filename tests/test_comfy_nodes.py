@@ -8,13 +8,17 @@ import os
 import subprocess
 import sys
 import textwrap
-import tomllib
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
+    import tomli as tomllib
 
 from reward_edit_pipeline.comfy_nodes import NODE_API, NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from reward_edit_pipeline.comfy_nodes import runtime as comfy_runtime
@@ -34,6 +38,7 @@ from reward_edit_pipeline.comfy_nodes.core import (
 )
 from reward_edit_pipeline.comfy_nodes.specs import NODE_SPECS
 from reward_edit_pipeline.comfy_nodes.v1 import v1_input_types
+
 from reward_edit_pipeline.judge.base import FunctionJudge
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -226,7 +231,14 @@ def test_edit_stops_when_the_step_hook_raises(pipeline):
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        edit_images(pipeline, comfy_image(batch=2), "x", make_reward_condition(5, 5, 5), steps=5, on_step=cancel_after_first_step)
+        edit_images(
+            pipeline,
+            comfy_image(batch=2),
+            "x",
+            make_reward_condition(5, 5, 5),
+            steps=5,
+            on_step=cancel_after_first_step,
+        )
     assert calls == [1]
 
 
@@ -341,7 +353,8 @@ def test_loader_lists_pipeline_folders_up_to_two_levels(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["../diffusers/ours", "/etc", "ours/../ours", "./ours", "C:/x", "..\\ours", "not-a-pipeline", "a/b/too-deep"]
+    "name",
+    ["../diffusers/ours", "/etc", "ours/../ours", "./ours", "C:/x", "..\\ours", "not-a-pipeline", "a/b/too-deep"],
 )
 def test_loader_never_resolves_a_path_outside_the_listed_pipeline_folders(tmp_path, name):
     root = _make_models_folder(tmp_path / "diffusers")
@@ -615,3 +628,10 @@ def test_ui_and_api_example_workflows_agree_with_each_other_and_the_specs(name):
             _, source, slot, target, _, _ = ui_links[ui_input["link"]]
             assert api_inputs[ui_input["name"]] == [str(source), slot] and target == node["id"]
     assert "key" not in json.dumps(api).lower()
+
+
+def test_a_hub_id_that_is_also_a_local_path_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="names a local path"):
+        resolve_model_source(HUB_ID_CHOICE, "models/checkpoints", [tmp_path / "diffusers"])

@@ -9,9 +9,9 @@ loopback OpenAI-compatible server of `openai_server`).
 
 from __future__ import annotations
 
-import copy
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,6 @@ import pytest
 from comfyui_harness import BUILDS, PACK_LINK_NAME, REPO_ROOT, ComfyServer, prepare_comfyui, remove_tree
 from openai_server import OpenAIServer
 from PIL import Image
-
 from reward_edit_pipeline.comfy_nodes.specs import NODE_SPECS
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -31,8 +30,18 @@ FAKE_API_KEY = "sk-test-comfyui-e2e-0123456789"
 INPUT_SIZE = (64, 48)  # width, height: not square, multiples of 8
 
 
+# The examples use the paper's 30 steps; the tests run 8 (tiny model, 2 shared CPU cores in CI). Same value in both
+# workflows, so ComfyUI's cache reuses the edit when the judge workflow runs.
+TEST_STEPS = 8
+
+
 def _load_workflow(path: Path) -> dict:
-    return json.loads(path.read_text())
+    workflow = json.loads(path.read_text())
+    for node in workflow.values():
+        if node["class_type"] == "RewardEdit":
+            assert node["inputs"]["steps"] == 30
+            node["inputs"]["steps"] = TEST_STEPS
+    return workflow
 
 
 def _nodes_of_type(workflow: dict, class_type: str) -> list[str]:
@@ -98,7 +107,11 @@ def test_pack_imports_and_lists_the_four_nodes_with_spec_inputs(comfy):
         assert all(options[1].get("tooltip") for options in inputs.values())
         assert list(info["output"]) == [o.io_type for o in spec.outputs]
         assert list(info["output_name"]) == [o.name for o in spec.outputs]
-    models = object_info["RewardEditLoader"]["input"]["required"]["model"][0]
+    if build.has_v3:  # ComfyUI >= 0.3.x lists a pack's example_workflows/ as templates
+        templates = server.get("/workflow_templates")
+        assert sorted(templates[PACK_LINK_NAME]) == ["reward_edit", "reward_edit_judge"]
+    kind, options = object_info["RewardEditLoader"]["input"]["required"]["model"]
+    models = options["options"] if kind == "COMBO" else kind  # V3 combos: ("COMBO", {"options": [...]})
     assert models == ["Reward-InsPix2Pix/stage2_reward_instruct_pix2pix", "(Hub id)"]
 
 
@@ -118,7 +131,7 @@ def test_edit_example_workflow_saves_an_image_of_the_input_size(comfy):
 
 def test_judge_example_workflow_grades_through_the_openai_compatible_server(comfy, openai_server):
     build, server = comfy
-    workflow = copy.deepcopy(_load_workflow(JUDGE_API))
+    workflow = _load_workflow(JUDGE_API)
     (judge_id,) = _nodes_of_type(workflow, "RewardJudge")
     workflow[judge_id]["inputs"]["base_url"] = openai_server.base_url
     object_info = server.get("/object_info")
@@ -135,3 +148,24 @@ def test_judge_example_workflow_grades_through_the_openai_compatible_server(comf
     if build.has_v3:
         (preview_id,) = _nodes_of_type(workflow, "PreviewAny")
         assert entry["outputs"][preview_id]["text"] == feedback
+
+
+def test_interrupting_a_running_edit_stops_it_between_steps(comfy):
+    build, server = comfy
+    workflow = _load_workflow(EDIT_API)
+    (edit_id,) = _nodes_of_type(workflow, "RewardEdit")
+    workflow[edit_id]["inputs"].update(steps=1000, seed=123)  # minutes of work if it were not stopped
+    prompt_id = server.queue_prompt(workflow)
+    deadline = time.monotonic() + 60
+    while prompt_id not in server.running_prompt_ids():
+        assert time.monotonic() < deadline, "the prompt never started"
+        time.sleep(0.1)
+    time.sleep(2.0)  # inside the denoising loop (the pipeline is cached from the earlier tests)
+    started = time.monotonic()
+    server.post("/interrupt", {})
+    entry = server.wait_for_history(prompt_id, timeout=60, allow_error=True)
+    assert time.monotonic() - started < 30
+    assert entry["status"]["status_str"] == "error"
+    assert "execution_interrupted" in [message[0] for message in entry["status"]["messages"]]
+    (save_id,) = _nodes_of_type(workflow, "SaveImage")
+    assert save_id not in entry.get("outputs", {})
