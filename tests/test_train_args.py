@@ -140,3 +140,22 @@ def test_checkpoint_total_limit_removes_the_oldest_and_ignores_incomplete(tmp_pa
     assert [path.rsplit("-", 1)[1] for path in removed] == ["2", "10"]
     assert [step for step, _ in list_checkpoints(str(tmp_path))] == [30]
     assert prune_checkpoints(str(tmp_path), total_limit=None) == []
+
+
+def test_shipped_accelerate_configs_parse_and_match_the_recipe():
+    from pathlib import Path
+
+    import reward_edit_pipeline.train as train_package
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    folder = Path(train_package.__file__).parent / "configs"
+    kinds = {path.stem: load_config_from_file(str(path)) for path in sorted(folder.glob("*.yaml"))}
+    assert {name: config.distributed_type.value for name, config in kinds.items()} == {
+        "ddp": "MULTI_GPU",
+        "deepspeed_zero2": "DEEPSPEED",
+        "fsdp": "FSDP",
+    }
+    zero2 = kinds["deepspeed_zero2"].deepspeed_config
+    assert zero2["zero_stage"] == 2 and zero2["gradient_accumulation_steps"] == 4 and zero2["gradient_clipping"] == 1.0
+    assert kinds["fsdp"].fsdp_config["fsdp_use_orig_params"] is True
+    assert all(config.mixed_precision == "fp16" for config in kinds.values())

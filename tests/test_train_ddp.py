@@ -17,6 +17,7 @@ from _train_fixtures import write_official_rewards, write_triplet_folder  # noqa
 from reward_edit_pipeline.testing import save_dummy_instruct_pix2pix_folder  # noqa: E402
 
 pytestmark = pytest.mark.slow
+CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
 
 
 def _free_port() -> int:
@@ -32,7 +33,7 @@ def test_two_process_ddp_uses_disjoint_shards_and_ends_with_identical_weights(tm
     write_official_rewards(tmp_path / "rewards.json", keys)
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [
-        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        str(accelerate), "launch", "--config_file", str(CONFIGS / "ddp.yaml"), "--num_processes", "2",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
         "-m", "reward_edit_pipeline.train",
         "--stage", "2", "--pretrained_model_name_or_path", str(tmp_path / "base"),
@@ -42,7 +43,8 @@ def test_two_process_ddp_uses_disjoint_shards_and_ends_with_identical_weights(tm
         "--learning_rate", "1e-3", "--mixed_precision", "no", "--dataloader_num_workers", "0",
         "--report_to", "none", "--log_sample_ids",
     ]  # fmt: skip
-    # ACCELERATE_USE_CPU makes accelerate pick the MULTI_CPU (gloo) backend for the torchrun-launched processes.
+    # The shipped DDP config, on 2 CPU processes: ACCELERATE_USE_CPU makes accelerate pick the MULTI_CPU (gloo)
+    # backend for the torchrun-launched processes.
     environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=280, env=environment)
     assert result.returncode == 0, result.stderr[-4000:]

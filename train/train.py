@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    ProjectConfiguration,
+    gather_object,
+    set_seed,
+)
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
@@ -335,6 +341,11 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
         project_config=project_config,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
+    if args.use_ema and accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError(
+            "--use_ema is not supported with FSDP (the EMA copy needs the full parameters on every process); "
+            "pass --no-use_ema, or use the DDP or DeepSpeed ZeRO-2 config"
+        )
     if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("--mixed_precision fp16 needs a GPU; on CPU use --mixed_precision no (or bf16)")
     if args.allow_tf32 and torch.cuda.is_available():
@@ -691,8 +702,10 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
 
     # ---- final pipeline, summary
     accelerator.wait_for_everyone()
-    trained_unet = accelerator.unwrap_model(unet)
-    fingerprints = gather_object([unet_fingerprint(trained_unet)])
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    # Parameters are replicated under DDP and ZeRO-2 (their fingerprints must agree); FSDP shards them.
+    fingerprints = gather_object([None if sharded else unet_fingerprint(accelerator.unwrap_model(unet))])
+    full_state_dict = accelerator.get_state_dict(unet)  # collective: gathers FSDP shards onto the main process
     per_rank = gather_object(
         [
             {
@@ -729,6 +742,9 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
         "resumed_from": resume_path,
     }
     if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(unet)
+        trained_unet = type(unwrapped).from_config(unwrapped.config)
+        trained_unet.load_state_dict(full_state_dict)
         if ema_unet is not None:
             ema_unet.copy_to(trained_unet.parameters())
         inference_scheduler = load_base_scheduler(args)
