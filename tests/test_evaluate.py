@@ -80,12 +80,14 @@ def test_evaluate_cli_two_models_writes_full_report_and_rerun_makes_zero_calls(m
     report = json.loads((out / "report.json").read_text())
     assert [s["label"] for s in report["settings"]] == ["model-a", "model-b"]
     assert report["run"]["n_items"] == N_ITEMS and report["run"]["judge_model"] == "judge-test"
+    assert report["run"]["judge_snapshots"] == ["gpt-4o-2024-08-06"]  # what the server reported
 
     # the report agrees with the judgments in the store
     with AnnotationStore(out / "judgments.sqlite", readonly=True) as store:
         assert len(store) == 2 * N_ITEMS
         for setting in report["settings"]:
-            stored = [store.get(f"{setting['slug']}/{row['item_id']}") for row in report["items"][:N_ITEMS]]
+            rows = [row for row in report["items"] if row["setting"] == setting["slug"]]
+            stored = [store.get(f"{setting['slug']}/{Path(row['edited']).stem}") for row in rows]
             assert all(item.complete for item in stored)
             yes = [item.judgments["following"].verdict == "yes" for item in stored]
             overall = report["results"][setting["slug"]]["overall"]

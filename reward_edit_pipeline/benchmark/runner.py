@@ -210,10 +210,19 @@ def run_evaluation(
                 "metrics": metric_values.get((slug, item_id), {}),
             }
         )
+    snapshots = sorted(
+        {
+            judgment["model"]
+            for item_judgments in judgments.values()
+            for judgment in item_judgments.values()
+            if judgment.get("model")
+        }
+    )
     run_info = {
         "bench": str(config.bench),
         "n_items": len(items),
         "judge_model": config.judge_description,
+        "judge_snapshots": snapshots,
         "generated_now": generated,
         **{key: value for key, value in asdict(config.generation).items()},
         "failure_text": config.failure_text,

@@ -1,6 +1,7 @@
 """Score benchmark edits with the project's judge and annotation store (resumable, no repeated calls).
 
-Every (setting, item) edit becomes a `Triplet` with id ``"<setting slug>/<item id>"`` and is graded by
+Every (setting, item) edit becomes a `Triplet` with id ``"<setting slug>/<item id>.<edit key>"`` (the edited file's
+name without ``.png``, so runs with other generation settings never share an id) and is graded by
 `reward_edit_pipeline.judge.annotate`; the store keys judgments by image content, instruction and judge settings, so a
 re-run calls the judge only for judgments that are missing or failed before.
 """
@@ -21,7 +22,7 @@ JudgeEdits = Callable[[Sequence[EditRecord], bool], Mapping[tuple[str, str], Map
 
 def store_item_id(record: EditRecord) -> str:
     """The id of an edit in the annotation store."""
-    return f"{record.setting.slug}/{record.item.item_id}"
+    return f"{record.setting.slug}/{record.edited_path.stem}"
 
 
 def judgment_to_dict(judgment: Any) -> JudgmentDict:

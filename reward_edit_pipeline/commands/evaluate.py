@@ -120,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.concurrency < 1:
             raise ValueError(f"--concurrency must be an integer >= 1, got {args.concurrency}")
+        if args.bootstrap < 1:
+            raise ValueError(
+                f"--bootstrap must be an integer >= 1 (resamples per confidence interval), got {args.bootstrap}"
+            )
         config = EvaluationConfig(
             bench=args.bench,
             models=args.models,
