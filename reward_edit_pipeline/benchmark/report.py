@@ -449,11 +449,8 @@ def render_html(report: Mapping[str, Any], plot_files: Sequence[str] = ()) -> st
     out += [f"<th>{esc(labels[slug])}</th>" for slug in slugs]
     out.append("</tr>")
     by_key = {(row["setting"], row["item_id"]): row for row in report["items"]}
-    seen: list[str] = []
-    for row in report["items"]:
-        if row["item_id"] not in seen:
-            seen.append(row["item_id"])
-    for item_id in seen:
+    item_ids = list(dict.fromkeys(row["item_id"] for row in report["items"]))  # first-seen order
+    for item_id in item_ids:
         first = next(by_key[(slug, item_id)] for slug in slugs if (slug, item_id) in by_key)
         out.append(
             f"<tr id='{esc(item_id)}'><td><img src='{esc(first['original'])}' alt='original'>"
