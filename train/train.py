@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.state import AcceleratorState, GradientState
@@ -44,12 +43,11 @@ from .cache import (
     build_latent_cache,
     cache_fingerprint,
     count_cache_skips,
-    encode_failure_text_ids,
-    encode_pixels,
     encode_prompt_ids,
 )
 from .data import EpochShuffleSampler, SkipCounter, TripletDataset, collate_training_batch, tokenize
 from .sources import load_training_examples
+from .step import LossContext, training_loss
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -502,7 +500,6 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
     # ---- fixed inputs
     with torch.no_grad():
         null_prompt_embeds = encode_prompt_ids(text_encoder, tokenize(tokenizer, [""])).to(weight_dtype)
-    scaling_factor = vae.config.scaling_factor
     latent_channels = vae.config.latent_channels
     vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if args.resolution % vae_scale_factor:
@@ -518,86 +515,22 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
         max_train_steps,
     )
 
-    def micro_batch_loss(batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
-        """InstructPix2Pix loss (+ reward conditions in stage 2) of one micro-batch; `(loss, good samples)`."""
-        size = batch["batch_size"]
-        empty = size == 0
-        if empty:
-            # Every sample of this micro-batch was skipped. Run one all-zero placeholder with loss weight 0 so that
-            # every process still takes part in the gradient all-reduce; it adds nothing to the gradient.
-            rows = 1
-            original_latents = torch.zeros(rows, latent_channels, latent_size, latent_size, device=device)
-            edited_mean = torch.zeros_like(original_latents)
-            edited_std = torch.ones_like(original_latents)
-            prompt_embeds = null_prompt_embeds
-            reward_scores = torch.full((rows, 3), 5.0, device=device)
-            failure_text_embeds = torch.zeros(rows, text_encoder.config.hidden_size, device=device, dtype=weight_dtype)
-        else:
-            rows = size
-            flip = (
-                torch.rand(rows, generator=generator, device=device) < 0.5
-                if args.random_flip
-                else torch.zeros(rows, dtype=torch.bool, device=device)
-            )
-            flip4 = flip.view(-1, 1, 1, 1)
-            if cached:
-
-                def pick(name: str) -> torch.Tensor:
-                    value = batch[name]
-                    return torch.where(flip4, batch[name + "_flipped"], value) if args.random_flip else value
-
-                original_latents = pick("original_latents")
-                edited_mean, edited_std = pick("edited_latent_mean"), pick("edited_latent_std")
-                prompt_embeds = batch["prompt_embeds"]
-                failure_text_embeds = batch.get("failure_text_embeds")
-            else:
-                original_pixels = torch.where(
-                    flip4, batch["original_pixel_values"].flip(-1), batch["original_pixel_values"]
-                )
-                edited_pixels = torch.where(flip4, batch["edited_pixel_values"].flip(-1), batch["edited_pixel_values"])
-                original_latents, _ = encode_pixels(vae, original_pixels)
-                edited_mean, edited_std = encode_pixels(vae, edited_pixels)
-                prompt_embeds = encode_prompt_ids(text_encoder, batch["input_ids"])
-                failure_text_embeds = (
-                    encode_failure_text_ids(text_encoder, batch["failure_text_input_ids"]) if with_rewards else None
-                )
-            reward_scores = batch.get("reward_scores")
-
-        shape = (rows, latent_channels, latent_size, latent_size)
-        sample_noise = torch.randn(shape, generator=generator, device=device)
-        latents = (edited_mean.float() + edited_std.float() * sample_noise) * scaling_factor
-        noise = torch.randn(shape, generator=generator, device=device)
-        timesteps = torch.randint(
-            0, noise_scheduler.config.num_train_timesteps, (rows,), generator=generator, device=device
-        )
-        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-
-        # Conditioning dropout (InstructPix2Pix): u < p drops the prompt, p <= u < 2p both, 2p <= u < 3p the image.
-        p = args.conditioning_dropout_prob
-        uniform = torch.rand(rows, generator=generator, device=device)
-        drop_prompt = (uniform < 2 * p).view(-1, 1, 1)
-        prompt_embeds = torch.where(drop_prompt, null_prompt_embeds.expand_as(prompt_embeds), prompt_embeds)
-        keep_image = 1.0 - ((uniform >= p) & (uniform < 3 * p)).to(original_latents.dtype)
-        original_latents = original_latents * keep_image.view(-1, 1, 1, 1)
-        model_input = torch.cat([noisy_latents, original_latents.to(noisy_latents.dtype)], dim=1)
-
-        reward_kwargs: dict[str, Any] = {}
-        if with_rewards:
-            null_reward_mask = torch.rand(rows, generator=generator, device=device) < args.reward_dropout_prob
-            reward_kwargs = {
-                "reward_scores": reward_scores.float(),
-                "failure_text_embeds": failure_text_embeds,
-                "null_reward_mask": null_reward_mask,
-            }
-        if noise_scheduler.config.prediction_type == "epsilon":
-            target = noise
-        elif noise_scheduler.config.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            raise ValueError(f"unsupported prediction_type {noise_scheduler.config.prediction_type!r}")
-        prediction = unet(model_input, timesteps, prompt_embeds, **reward_kwargs).sample
-        loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
-        return (loss * 0.0 if empty else loss), size
+    loss_context = LossContext(
+        vae=vae,
+        text_encoder=text_encoder,
+        noise_scheduler=noise_scheduler,
+        null_prompt_embeds=null_prompt_embeds,
+        generator=generator,
+        device=device,
+        latent_channels=latent_channels,
+        latent_size=latent_size,
+        cached=cached,
+        with_rewards=with_rewards,
+        random_flip=args.random_flip,
+        conditioning_dropout_prob=args.conditioning_dropout_prob,
+        reward_dropout_prob=args.reward_dropout_prob,
+        failure_text_embed_dim=text_encoder.config.hidden_size,
+    )
 
     # ---- loop
     progress_bar = tqdm(
@@ -638,7 +571,7 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
                         json.dumps({"step": progress.global_step, "indices": batch["index"].tolist()}) + "\n"
                     )
                 with accelerator.accumulate(unet):
-                    loss, size = micro_batch_loss(batch)
+                    loss, size = training_loss(unet, batch, loss_context)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
