@@ -7,6 +7,7 @@ Every ComfyUI import happens inside a function, so this module imports anywhere;
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,13 @@ def load_pipe(model: str, hub_id: str, device: str, dtype: str) -> RewardEditPip
     return PIPELINE_CACHE.get_or_load(key, load, on_evict=_release)
 
 
+def _accepts(function: Any, parameter: str) -> bool:
+    try:
+        return parameter in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _progress_hook():
     """A step hook that drives ComfyUI's progress bar and raises when the user cancels the run."""
     import comfy.model_management as model_management
@@ -147,7 +155,10 @@ def edit(
             f"`pipe` must come from a Reward Edit Loader node (REWARD_EDIT_PIPE), got {type(pipe).__name__}"
         )
     if pipe.patcher is not None:
-        model_management.load_models_gpu([pipe.patcher])
+        # The diffusers modules have no ComfyUI low-VRAM casting, so they must be loaded whole: builds that can
+        # decide it (``force_full_load``) are told so; older ones load whole when the model fits in memory.
+        options = {"force_full_load": True} if _accepts(model_management.load_models_gpu, "force_full_load") else {}
+        model_management.load_models_gpu([pipe.patcher], **options)
     model_management.throw_exception_if_processing_interrupted()
     return edit_images(
         pipe.pipeline,

@@ -428,8 +428,8 @@ class _FakeComfy:
             def model_unload(self):
                 fake.events.append(("unload", self.model))
 
-        def load_models_gpu(models):
-            fake.events.append(("load_models_gpu", models))
+        def load_models_gpu(models, memory_required=0, force_full_load=False):
+            fake.events.append(("load_models_gpu", models, force_full_load))
             fake.current_loaded_models.extend(Loaded(m) for m in models)
 
         def throw_exception_if_processing_interrupted():
@@ -506,7 +506,7 @@ def test_edit_node_loads_through_model_management_and_drives_the_progress_bar(fa
     node = NODE_CLASS_MAPPINGS["RewardEdit"]()
     (edited,) = node.edit(pipe, comfy_image(batch=2), "x", reward, 2, 7.5, 1.5, 0, 1.0)
     assert edited.shape == (2, 16, 24, 3)
-    assert fake_comfy.events[0] == ("load_models_gpu", [pipe.patcher])
+    assert fake_comfy.events[0] == ("load_models_gpu", [pipe.patcher], True)  # no partial (low-VRAM) loading
     assert ("bar", 4) in fake_comfy.events
     assert [e[1] for e in fake_comfy.events if e[0] == "progress"][:4] == [1, 2, 3, 4]
 
