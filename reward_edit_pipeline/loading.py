@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .pipelines.pipeline_reward_edit import RewardEditPipeline
+from .pipelines.pipeline_reward_edit import PIPELINE_ALLOW_PATTERNS, RewardEditPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def load_pipeline(
     elif str(model) == OFFICIAL_REPO_ID:
         pipe = RewardEditPipeline.from_pretrained(convert_official(str(model), revision), torch_dtype=dtype)
     elif isinstance(model, str) and model.count("/") == 1 and not os.path.exists(model):
-        pipe = load_local_pipeline(_snapshot(model, revision, None), torch_dtype=dtype)
+        pipe = load_local_pipeline(_snapshot(model, revision, list(PIPELINE_ALLOW_PATTERNS)), torch_dtype=dtype)
     else:
         raise FileNotFoundError(f"`model` {str(model)!r} is neither a local folder nor a Hub repo id (owner/name)")
     return pipe.to(device)

@@ -51,18 +51,6 @@ def hub(tmp_path, monkeypatch):
         yield state
 
 
-# diffusers 0.42 checks, before downloading a repo id, that each component's library is one it knows or a
-# `<component>/<library>.py` in the repo; with that file present it then insists on running it (trust_remote_code).
-# `RewardEditPipeline.from_pretrained(<repo id>)` therefore needs the core pipeline to download the snapshot itself
-# and to read the UNet's library as its module path (see docs/hub.md, "Loading a repo id"). Until the core
-# pipeline does, these three tests fail for exactly that reason (strict: they flag when it is fixed).
-NEEDS_CORE_HUB_LOADING = pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="core RewardEditPipeline.from_pretrained(<repo id>) goes through diffusers' download check (docs/hub.md)",
-)
-
-
 def test_pull_downloads_a_pushed_model_that_loads_and_edits_identically(hub, saved_pipeline):
     from reward_edit_pipeline.hub.pull import download_model
 
@@ -92,7 +80,6 @@ def test_pull_model_cli_loads_a_pushed_model_and_saves_it(hub, saved_pipeline, t
     np.testing.assert_array_equal(edit(pipe), expected)
 
 
-@NEEDS_CORE_HUB_LOADING
 def test_pushed_model_loads_with_load_pipeline_from_repo_id(hub, saved_pipeline):
     from reward_edit_pipeline import load_pipeline
 
@@ -103,7 +90,6 @@ def test_pushed_model_loads_with_load_pipeline_from_repo_id(hub, saved_pipeline)
     np.testing.assert_array_equal(edit(pipe), expected)
 
 
-@NEEDS_CORE_HUB_LOADING
 def test_pushed_model_loads_with_reward_edit_pipeline_from_repo_id_and_edits_identically(hub, saved_pipeline):
     from reward_edit_pipeline import RewardEditPipeline
 
@@ -165,7 +151,6 @@ def test_model_card_diffusion_pipeline_snippet_really_runs(hub, saved_pipeline, 
     assert namespace["edited"].size == (32, 32)
 
 
-@NEEDS_CORE_HUB_LOADING
 def test_model_card_reward_edit_pipeline_snippet_really_runs(hub, saved_pipeline, tmp_path, monkeypatch):
     folder, _ = saved_pipeline
     push_model(folder, REPO)

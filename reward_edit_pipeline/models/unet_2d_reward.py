@@ -344,7 +344,9 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
                 f"could not copy the base UNet: unexpected keys {result.unexpected_keys[:5]}, "
                 f"missing keys {unexpected_missing[:5]}"
             )
-        return model.to(device=unet.device, dtype=unet.dtype)
+        if model.dtype != unet.dtype:  # (only when needed: diffusers warns on every dtype cast)
+            model = model.to(dtype=unet.dtype)
+        return model.to(device=unet.device)
 
     @classmethod
     def from_official_unet(

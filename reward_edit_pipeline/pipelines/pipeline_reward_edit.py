@@ -25,6 +25,9 @@ from ..rewards import BEST_SCORES, MAX_SCORE, MIN_SCORE, resolve_failure_text, v
 
 logger = logging.get_logger(__name__)
 
+# Classes this package contributes as pipeline components (model_index.json: ["reward_edit_pipeline", name]).
+PACKAGE_CLASSES: dict[str, type] = {RewardUNet2DConditionModel.__name__: RewardUNet2DConditionModel}
+
 # Pinned for the life of the project: saved folders record these names (spec/diffusers-loading.md, fact 6).
 LOADER_MODULE_STEM = "pipeline_reward_edit"
 PUBLIC_LIBRARY = "reward_edit_pipeline"
@@ -38,6 +41,36 @@ from reward_edit_pipeline import RewardEditPipeline
 
 __all__ = ["RewardEditPipeline"]
 '''
+
+COMPONENT_SHIM_SOURCE = '''"""Loader shim for `DiffusionPipeline.from_pretrained(<this repo>, trust_remote_code=True)`: diffusers needs a
+`<component>/reward_edit_pipeline.py` for a component whose class comes from the installed `reward-edit-pipeline`
+package. It holds no model code; `RewardEditPipeline.from_pretrained` never runs it.
+"""
+
+from reward_edit_pipeline import {class_name}  # noqa: F401
+'''
+# What a pipeline needs from a Hub repo: configs, safetensors weights and tokenizer files (no pickles, no code).
+PIPELINE_ALLOW_PATTERNS: tuple[str, ...] = (
+    "model_index.json",
+    "*/config.json",
+    "*/*.safetensors",
+    "*/*.safetensors.index.json",
+    "*/scheduler_config.json",
+    "*/preprocessor_config.json",
+    "tokenizer/*",
+    "tokenizer_2/*",
+)
+_DOWNLOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
+
+
+def download_pipeline_files(repo_id: str, **download_kwargs: Any) -> str:
+    """Snapshot the pipeline files of a Hub repo (`PIPELINE_ALLOW_PATTERNS`) and return the local folder."""
+    from huggingface_hub import snapshot_download
+
+    if repo_id.count("/") != 1:
+        raise ValueError(f"`pretrained_model_name_or_path` {repo_id!r} is neither a local folder nor a Hub repo id")
+    return snapshot_download(repo_id, allow_patterns=list(PIPELINE_ALLOW_PATTERNS), **download_kwargs)
+
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -106,21 +139,34 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
     # ------------------------------------------------------------------ loading and saving
     @classmethod
     def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
-        # Saved folders name the class as [loader module, class] for DiffusionPipeline + trust_remote_code; loading
-        # through this class needs no remote code, so read that entry back as the plain class name.
+        # Saved folders name the class as [loader module, class] and components as ["reward_edit_pipeline", class]
+        # (for DiffusionPipeline + trust_remote_code, which runs the one-line shims). Loading through this class
+        # needs no remote code: read the class name back plainly and point each component of this package at the
+        # module that defines it, so diffusers imports it instead of executing a shim file from the folder.
         config = super()._dict_from_json_file(json_file)
         class_name = config.get("_class_name")
         if isinstance(class_name, (list, tuple)) and list(class_name) == [LOADER_MODULE_STEM, cls.__name__]:
             config["_class_name"] = cls.__name__
+        for name, entry in config.items():
+            if isinstance(entry, list) and len(entry) == 2 and entry[0] == PUBLIC_LIBRARY and isinstance(entry[1], str):
+                component_class = PACKAGE_CLASSES.get(entry[1])
+                if component_class is not None:
+                    config[name] = [component_class.__module__, entry[1]]
         return config
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> RewardEditPipeline:
-        """Load a saved `RewardEditPipeline` folder or Hub repo (see `DiffusionPipeline.from_pretrained`).
+        """Load a saved `RewardEditPipeline` folder or Hub repo id (see `DiffusionPipeline.from_pretrained`).
 
+        A repo id is downloaded first (configs, safetensors weights and tokenizer files only: no pickles, no code).
         A plain InstructPix2Pix checkpoint is refused with a pointer to `from_instruct_pix2pix`, and the official
         release layout with a pointer to `from_official`.
         """
+        if not os.path.isdir(pretrained_model_name_or_path):
+            download_kwargs = {key: kwargs.pop(key) for key in _DOWNLOAD_KWARGS if key in kwargs}
+            pretrained_model_name_or_path = download_pipeline_files(
+                str(pretrained_model_name_or_path), **download_kwargs
+            )
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if not isinstance(pipe.unet, RewardUNet2DConditionModel):
             raise ValueError(
@@ -185,6 +231,10 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             handle.write("\n")
         with open(os.path.join(save_directory, f"{LOADER_MODULE_STEM}.py"), "w", encoding="utf-8") as handle:
             handle.write(LOADER_SHIM_SOURCE)
+        for name, entry in model_index.items():  # Hub repo ids need <component>/reward_edit_pipeline.py to exist
+            if isinstance(entry, list) and len(entry) == 2 and entry[0] == PUBLIC_LIBRARY:
+                with open(os.path.join(save_directory, name, f"{PUBLIC_LIBRARY}.py"), "w", encoding="utf-8") as handle:
+                    handle.write(COMPONENT_SHIM_SOURCE.format(class_name=entry[1]))
 
     # ------------------------------------------------------------------ reward conditions
     def encode_failure_text(self, texts: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
@@ -575,4 +625,12 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=has_nsfw_concept)
 
 
-_SUBMODEL_KWARGS = ("torch_dtype", "revision", "variant", "cache_dir", "token", "local_files_only", "force_download")
+_SUBMODEL_KWARGS: tuple[str, ...] = (
+    "torch_dtype",
+    "revision",
+    "variant",
+    "cache_dir",
+    "token",
+    "local_files_only",
+    "force_download",
+)
