@@ -19,7 +19,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "Convert an official Multi-Reward-Editing release folder into a RewardEditPipeline folder.",
     ),
     "annotate": ("reward_edit_pipeline.commands.annotate", "Grade editing triplets with an LVLM judge into a store."),
-    "export": ("reward_edit_pipeline.commands.export", "Export an annotation store (official-json, jsonl, parquet, hf-dataset)."),
+    "export": (
+        "reward_edit_pipeline.commands.export",
+        "Export an annotation store (official-json, jsonl, parquet, hf-dataset).",
+    ),
     "import-official": (
         "reward_edit_pipeline.commands.import_official",
         "Import the official RewardEdit_20K.json into an annotation store.",
