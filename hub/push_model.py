@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..pipelines.pipeline_reward_edit import LOADER_MODULE_STEM, PUBLIC_LIBRARY
 from ._common import (
     DEFAULT_IGNORE_PATTERNS,
     PushResult,
@@ -31,21 +32,11 @@ from .model_card import (
     read_json_file,
 )
 
-# `RewardEditPipeline.save_pretrained` writes ``"_class_name": [LOADER_MODULE_STEM, "RewardEditPipeline"]`` and a
-# one-line ``{LOADER_MODULE_STEM}.py`` that imports the installed package, so that
-# `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)` returns our pipeline. The name is pinned there.
-LOADER_MODULE_STEM = "pipeline_reward_edit"
+# `RewardEditPipeline.save_pretrained` writes the loader shims that `DiffusionPipeline.from_pretrained(repo,
+# trust_remote_code=True)` needs: the top-level ``pipeline_reward_edit.py`` and ``<component>/reward_edit_pipeline.py``
+# for each component whose class comes from this package. The names are pinned there; we only check they are present.
 SHIM_FILENAME = f"{LOADER_MODULE_STEM}.py"
-PACKAGE_NAME = "reward_edit_pipeline"
-# Loading a Hub repo id, diffusers checks every component's library before downloading: it must be a library diffusers
-# knows or a ``<component>/<library>.py`` file in the repo. So each component whose class comes from this package gets
-# a one-line module of that name (a local folder needs none). `RewardEditPipeline.from_pretrained` never runs it.
-COMPONENT_SHIM_TEMPLATE = '''"""Loader shim for `DiffusionPipeline.from_pretrained(<this repo>, trust_remote_code=True)`: the class comes from the
-installed `reward-edit-pipeline` package (`pip install reward-edit-pipeline`); this file holds no model code.
-"""
-
-from reward_edit_pipeline import {class_name}  # noqa: F401
-'''
+PACKAGE_NAME = PUBLIC_LIBRARY
 
 
 def _read_model_index(folder: Path) -> dict[str, Any]:
@@ -111,7 +102,7 @@ def stage_model_folder(
     overwrite: bool = False,
 ) -> Path:
     """Write into `staging_dir` exactly what `push_model` uploads: the folder's files, a generated ``README.md`` and
-    the component loader shims (``unet/reward_edit_pipeline.py``, see `COMPONENT_SHIM_TEMPLATE`).
+    the loader shims written by `RewardEditPipeline.save_pretrained`.
 
     Refuses pickle-based files. `training_args` / `eval_results` are mappings or JSON files; when not given, the
     folder's own ``training_args.json`` (else the path-free entries of ``train_summary.json``) / ``eval_results.json``
@@ -128,6 +119,16 @@ def stage_model_folder(
         raise FileNotFoundError(
             f"`folder` {folder} lacks the loader module {SHIM_FILENAME} that `RewardEditPipeline.save_pretrained` "
             "writes (needed by `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`); re-save the pipeline"
+        )
+    missing_shims = [
+        f"{component}/{PACKAGE_NAME}.py"
+        for component in package_components(_read_model_index(folder))
+        if f"{component}/{PACKAGE_NAME}.py" not in files
+    ]
+    if missing_shims:
+        raise FileNotFoundError(
+            f"`folder` {folder} lacks the component loader modules {missing_shims} that "
+            "`RewardEditPipeline.save_pretrained` writes; re-save the pipeline"
         )
     if not any(rel.endswith(".safetensors") for rel in files):
         raise ValueError(f"`folder` {folder} contains no .safetensors weights")
@@ -161,12 +162,6 @@ def stage_model_folder(
     staged = prepare_staging_folder(Path(staging_dir), overwrite=overwrite)
     copy_files(folder, files, staged)
     (staged / "README.md").write_text(str(card), encoding="utf-8")
-    for component, class_name in package_components(_read_model_index(folder)).items():
-        if not class_name.isidentifier():
-            raise ValueError(f"model_index.json names an invalid class {class_name!r} for component {component!r}")
-        (staged / component / f"{PACKAGE_NAME}.py").write_text(
-            COMPONENT_SHIM_TEMPLATE.format(class_name=class_name), encoding="utf-8"
-        )
     return staged
 
 
