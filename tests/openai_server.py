@@ -123,6 +123,7 @@ class ChatRequest:
     signature: str
     attempt: int = 1
     received_at: float = 0.0
+    path: str = ""
 
     @property
     def directives(self) -> list[tuple[str | None, str, int | None]]:
@@ -492,9 +493,9 @@ class OpenAIServer:
             def authorized(self) -> bool:
                 if not server.require_api_key:
                     return True
-                header = self.headers.get("Authorization", "") or self.headers.get("api-key", "")
-                if header.startswith("Bearer ") and header[7:].strip():
-                    return True
+                header = self.headers.get("Authorization", "")
+                if (header.startswith("Bearer ") and header[7:].strip()) or self.headers.get("api-key", "").strip():
+                    return True  # OpenAI sends a bearer token, Azure OpenAI an api-key header
                 self.send_json(401, {"error": {"message": "missing API key", "type": "invalid_request_error"}})
                 return False
 
@@ -549,6 +550,7 @@ class OpenAIServer:
                     self.send_json(400, {"error": {"message": "request body is not JSON"}})
                     return
                 request = server._register(body)
+                request.path = self.path
                 with server.lock:
                     server.in_flight += 1
                     server.peak_concurrency = max(server.peak_concurrency, server.in_flight)

@@ -209,3 +209,21 @@ def test_function_judge_records_exceptions_and_out_of_range_scores():
     result = FunctionJudge(grade).judge("x", ORIGINAL, EDITED)
     assert [j.error for j in result.judgments] == [None, "judge_error", "score_out_of_range"]
     assert "boom" in result["preserving"].error_message
+
+
+def test_azure_openai_is_reached_through_its_deployment_path(server):
+    judge = OpenAIJudge(base_url=server.base_url.removesuffix("/v1"), azure_api_version="2024-10-21", model="my-gpt4o")
+    assert judge.judge("x", ORIGINAL, EDITED, perspectives=["quality"]).ok
+    assert server.chat_requests[0].path.startswith("/openai/deployments/my-gpt4o/chat/completions?api-version=")
+
+
+def test_importing_the_judge_loads_neither_torch_nor_diffusers():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, reward_edit_pipeline.judge, reward_edit_pipeline.data;"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"

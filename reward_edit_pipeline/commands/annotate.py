@@ -142,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
     import itertools
 
     from ..data import iter_triplets
-    from ..judge import AnnotationStore, annotate
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.max_retries < 0:
@@ -159,6 +158,24 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    try:
+        summary = _run(args, items, judge, pricing)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished judgments are in {args.store}; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    judge.close()
+    print(summary.format())
+    if args.dry_run:
+        return 0
+    return 0 if summary.final_items_done == summary.items else 1
+
+
+def _run(args: argparse.Namespace, items, judge, pricing):
+    from ..judge import AnnotationStore, annotate
+
     with AnnotationStore(args.store) as store:
         if args.batch:
             from ..judge.batch import run_batch_annotation
@@ -188,8 +205,4 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 pricing=pricing,
             )
-    judge.close()
-    print(summary.format())
-    if args.dry_run:
-        return 0
-    return 0 if summary.final_items_done == summary.items else 1
+    return summary
