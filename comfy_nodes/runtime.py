@@ -65,7 +65,11 @@ def loader_model_options() -> list[str]:
 
 
 def _release(pipe: RewardEditPipe) -> None:
-    """Drop a pipeline evicted from the cache from ComfyUI's loaded models and free cached memory."""
+    """A pipeline left the cache: take it off ComfyUI's device and free cached memory.
+
+    The pipe itself stays usable (another loader node of the same graph may still hand it to an edit, which then
+    loads it again); its memory goes when ComfyUI drops the node output holding it.
+    """
     import comfy.model_management as model_management
 
     if pipe.patcher is not None:
@@ -73,8 +77,6 @@ def _release(pipe: RewardEditPipe) -> None:
         for index in range(len(loaded) - 1, -1, -1):
             if loaded[index].model is pipe.patcher:
                 loaded.pop(index).model_unload()
-    pipe.pipeline = None
-    pipe.patcher = None
     model_management.soft_empty_cache()
 
 
@@ -111,6 +113,19 @@ def load_pipe(model: str, hub_id: str, device: str, dtype: str) -> RewardEditPip
         return RewardEditPipe(pipeline=pipeline, source=source, device=device, patcher=patcher)
 
     return PIPELINE_CACHE.get_or_load(key, load, on_evict=_release)
+
+
+def _gather_on(modules: Any, device: Any) -> None:
+    """Make sure every module ended up on ``device``: a partial offload by ComfyUI (it may shift part of a loaded
+    model to free memory) must not leave the pipeline split across devices."""
+    import torch
+
+    device = torch.device(device)
+    for name, module in modules.items():
+        tensors = list(module.parameters()) + list(module.buffers())
+        if any(t.device.type != device.type or (device.index is not None and t.device != device) for t in tensors):
+            logger.debug("Reward Edit: moving %s to %s", name, device)
+            module.to(device)
 
 
 def _accepts(function: Any, parameter: str) -> bool:
@@ -150,7 +165,7 @@ def edit(
     """`RewardEdit`: make room and move the pipeline onto its device, then edit with progress and cancellation."""
     import comfy.model_management as model_management
 
-    if not isinstance(pipe, RewardEditPipe) or pipe.pipeline is None:
+    if not isinstance(pipe, RewardEditPipe):
         raise TypeError(
             f"`pipe` must come from a Reward Edit Loader node (REWARD_EDIT_PIPE), got {type(pipe).__name__}"
         )
@@ -159,6 +174,7 @@ def edit(
         # decide it (``force_full_load``) are told so; older ones load whole when the model fits in memory.
         options = {"force_full_load": True} if _accepts(model_management.load_models_gpu, "force_full_load") else {}
         model_management.load_models_gpu([pipe.patcher], **options)
+        _gather_on(pipe.patcher.model, pipe.patcher.load_device)
     model_management.throw_exception_if_processing_interrupted()
     return edit_images(
         pipe.pipeline,

@@ -418,7 +418,7 @@ class _FakeComfy:
                 fake.events.append(("progress", value, total))
 
         class ModelPatcher:
-            def __init__(self, model, load_device, offload_device):
+            def __init__(self, model, load_device, offload_device, size=0):
                 self.model, self.load_device, self.offload_device = model, load_device, offload_device
 
         class Loaded:
@@ -486,9 +486,18 @@ def test_loader_node_caches_the_pipeline_and_hands_it_to_model_management(fake_c
     assert again is pipe and fake_comfy.loads == [(str(fake_comfy.root / "tiny"), torch.float32)]
     assert set(pipe.patcher.model) == {"unet", "vae", "text_encoder"}
     assert pipe.patcher.model["unet"] is pipe.pipeline.unet
-    (cpu_pipe,) = loader.load("tiny", "", "cpu", "fp32")  # another key: the first pipe is evicted and unloaded
+    NODE_CLASS_MAPPINGS["RewardEdit"]().edit(
+        pipe, comfy_image(), "x", make_reward_condition(5, 5, 5), 1, 7.5, 1.5, 0, 1
+    )
+    (cpu_pipe,) = loader.load("tiny", "", "cpu", "fp32")  # another key: the first pipe leaves the cache
     assert cpu_pipe.patcher is None and len(fake_comfy.loads) == 2
-    assert pipe.pipeline is None and ("soft_empty_cache",) in fake_comfy.events
+    assert ("unload", pipe.patcher) in fake_comfy.events and ("soft_empty_cache",) in fake_comfy.events
+    # a graph with two loaders still edits with the evicted pipe: model management loads it again
+    (edited,) = NODE_CLASS_MAPPINGS["RewardEdit"]().edit(
+        pipe, comfy_image(), "x", make_reward_condition(5, 5, 5), 1, 7.5, 1.5, 0, 1.0
+    )
+    assert edited.shape == (1, 16, 24, 3)
+    assert [e for e in fake_comfy.events if e[0] == "load_models_gpu"][-1][1] == [pipe.patcher]
 
 
 def test_loader_node_rejects_unknown_folders_and_devices(fake_comfy):
@@ -635,3 +644,10 @@ def test_a_hub_id_that_is_also_a_local_path_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="names a local path"):
         resolve_model_source(HUB_ID_CHOICE, "models/checkpoints", [tmp_path / "diffusers"])
+
+
+def test_modules_left_on_another_device_are_gathered_on_the_load_device():
+    modules = torch.nn.ModuleDict({"unet": torch.nn.Linear(2, 2), "vae": torch.nn.Linear(2, 2)})
+    modules["vae"].to("meta")  # stands for a part ComfyUI offloaded while freeing memory
+    comfy_runtime._gather_on(modules, torch.device("meta"))
+    assert {p.device.type for p in modules.parameters()} == {"meta"}
