@@ -651,3 +651,18 @@ def test_modules_left_on_another_device_are_gathered_on_the_load_device():
     modules["vae"].to("meta")  # stands for a part ComfyUI offloaded while freeing memory
     comfy_runtime._gather_on(modules, torch.device("meta"))
     assert {p.device.type for p in modules.parameters()} == {"meta"}
+
+
+def test_judge_node_without_the_environment_key_stops_with_a_message_naming_it(monkeypatch):
+    from openai_server import OpenAIServer
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with OpenAIServer() as server:
+        with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
+            comfy_runtime.judge(comfy_image(), comfy_image(), "x", "gpt-4o", server.base_url)
+        assert server.chat_count == 0
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-unit-test")
+        outputs = comfy_runtime.judge(comfy_image(), comfy_image(), "add a hat", "gpt-4o", server.base_url)
+        assert server.chat_count == 3
+        assert all(0.0 <= score <= 5.0 for score in outputs.as_tuple()[:3])
+        assert len(outputs.feedback.split("; ")) == 3
