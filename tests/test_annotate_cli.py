@@ -132,7 +132,7 @@ def test_sigkill_and_resume_yields_the_same_store_as_an_uninterrupted_run(tmp_pa
     directives = {3: "[[garbage]]", 5: "[[500x1]]", 7: "[[following:out_of_range]]", 9: "[[resetx1]]"}
     data = write_ip2p_folder(tmp_path / "ip2p", 24, directives)
     killed_store, clean_store = tmp_path / "killed.sqlite", tmp_path / "clean.sqlite"
-    with OpenAIServer(latency=0.04, retry_after="0") as server:
+    with OpenAIServer(latency=0.08, retry_after="0") as server:
         args = annotate_args(data, killed_store, server, "--concurrency", "4")
         for kill_after in (8, 30):  # kill -9 twice, at different points of the run
             process = _start_cli(args)

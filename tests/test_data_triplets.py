@@ -107,3 +107,21 @@ def test_datasets_with_ip2p_columns_and_saved_folder(tmp_path):
     assert [t.instruction for t in iter_triplets(tmp_path / "saved")] == ["make it blue", "add snow"]
     with pytest.raises(ValueError, match="needs columns"):
         list(iter_triplets(datasets.Dataset.from_dict({"x": [1]})))
+
+
+def test_hf_prefix_streams_a_dataset_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    original = tmp_path / "o.png"
+    Image.new("RGB", (8, 8)).save(original)
+    folder = tmp_path / "hub_like"
+    folder.mkdir()
+    datasets.Dataset.from_dict(
+        {"id": ["a", "b"], "original": [str(original)] * 2, "edited": [str(original)] * 2, "instruction": ["x", "y"]}
+    ).to_parquet(str(folder / "train.parquet"))
+    triplets = list(iter_triplets(f"hf:{folder}"))
+    assert [(t.id, t.instruction, t.original) for t in triplets] == [
+        ("a", "x", str(original)),
+        ("b", "y", str(original)),
+    ]
+    with pytest.raises(ValueError, match="hf:"):
+        iter_triplets("hf:")

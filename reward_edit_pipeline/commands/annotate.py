@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input",
         required=True,
         help="InstructPix2Pix clip-filtered folder (<dir>/<id>/<seed>_0.jpg, <seed>_1.jpg, prompt.json), a JSONL/CSV "
-        "manifest (original, edited, instruction, optional id) or a saved datasets folder",
+        "manifest (original, edited, instruction, optional id), a saved datasets folder, or hf:<dataset>[@split] "
+        "(e.g. hf:timbrooks/instructpix2pix-clip-filtered)",
     )
     parser.add_argument("--store", required=True, help="SQLite annotation store (created if missing; resumable)")
     parser.add_argument("--base-url", default=None, help="API root of an OpenAI-compatible server (default: OpenAI)")

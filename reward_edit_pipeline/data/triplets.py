@@ -10,8 +10,10 @@ Sources accepted by `iter_triplets`:
   seed pair is a triplet with id ``<key>/<seed>``. When ``edit`` is a list, its first entry is the instruction.
 - **JSONL or CSV manifest** with columns ``original``, ``edited``, ``instruction`` and optional ``id`` (default: the
   0-based row number as a string). Relative image paths are resolved against the manifest's folder.
-- **a `datasets.Dataset`** (or a folder written by ``Dataset.save_to_disk``) with either ``original``/``edited``/
-  ``instruction`` or the InstructPix2Pix columns ``original_image``/``edited_image``/``edit_prompt``; optional ``id``.
+- **a `datasets.Dataset`** (or a folder written by ``Dataset.save_to_disk``, or ``hf:<hub name or folder>[@split]``
+  loaded with ``datasets.load_dataset(..., streaming=True)``) with either ``original``/``edited``/``instruction`` or
+  the InstructPix2Pix columns ``original_image``/``edited_image``/``edit_prompt`` (e.g.
+  ``hf:timbrooks/instructpix2pix-clip-filtered``); optional ``id`` (default: the 0-based row number).
 
 Images stay paths (or in-memory images for datasets): nothing is decoded here, so a missing or corrupt image surfaces
 where it is used, as a recorded failure.
@@ -200,19 +202,24 @@ def _dataset_image(value: Any) -> Any:
     return value
 
 
-def iter_dataset(dataset: Any) -> Iterator[Triplet]:
-    """Triplets of a `datasets.Dataset` (see the module docstring for the accepted columns)."""
-    columns = set(dataset.column_names)
+def _dataset_columns(columns: set[str]) -> tuple[str, str, str]:
     for names in _DATASET_COLUMNS:
         if set(names) <= columns:
-            original_column, edited_column, instruction_column = names
-            break
-    else:
-        raise ValueError(
-            f"the dataset needs columns {_DATASET_COLUMNS[0]} or {_DATASET_COLUMNS[1]}, has {sorted(columns)}"
-        )
+            return names
+    raise ValueError(f"the dataset needs columns {_DATASET_COLUMNS[0]} or {_DATASET_COLUMNS[1]}, has {sorted(columns)}")
+
+
+def iter_dataset(dataset: Any) -> Iterator[Triplet]:
+    """Triplets of a `datasets.Dataset` or `IterableDataset` (see the module docstring for the accepted columns)."""
+    column_names = getattr(dataset, "column_names", None)
+    if column_names is not None:
+        columns = set(column_names)
+        original_column, edited_column, instruction_column = _dataset_columns(columns)
     seen: set[str] = set()
     for index, row in enumerate(dataset):
+        if column_names is None and index == 0:  # streaming datasets may not know their columns up front
+            columns = set(row)
+            original_column, edited_column, instruction_column = _dataset_columns(columns)
         item_id = str(row["id"]) if "id" in columns and row["id"] not in (None, "") else str(index)
         if item_id in seen:
             raise ValueError(f"duplicate id {item_id!r} at dataset row {index}")
@@ -223,10 +230,28 @@ def iter_dataset(dataset: Any) -> Iterator[Triplet]:
         yield Triplet(item_id, instruction, _dataset_image(row[original_column]), _dataset_image(row[edited_column]))
 
 
+HF_PREFIX = "hf:"
+
+
+def iter_hub_dataset(spec: str) -> Iterator[Triplet]:
+    """``hf:<name or folder>[@<split>]``: a dataset through `datasets.load_dataset` (streamed; default split train)."""
+    import datasets
+
+    name, _, split = spec[len(HF_PREFIX) :].partition("@")
+    if not name:
+        raise ValueError(f"expected 'hf:<dataset name or folder>[@split]', got {spec!r}")
+    return iter_dataset(datasets.load_dataset(name, split=split or "train", streaming=True))
+
+
 def iter_triplets(source: Any, seeds: SeedSelection = "first") -> Iterator[Triplet]:
-    """Triplets from a folder, a manifest, a saved dataset folder or a `datasets.Dataset` (see module docstring)."""
-    if hasattr(source, "column_names") and hasattr(source, "__iter__"):
+    """Triplets from a folder, a manifest, a saved dataset folder, ``hf:<dataset>[@split]`` or a `datasets` dataset.
+
+    See the module docstring for layouts and ids.
+    """
+    if hasattr(source, "__iter__") and (hasattr(source, "column_names") or hasattr(source, "features")):
         return iter_dataset(source)
+    if isinstance(source, str) and source.startswith(HF_PREFIX):
+        return iter_hub_dataset(source)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"`source` must be a path or a datasets.Dataset, got {type(source).__name__}")
     path = Path(source)
