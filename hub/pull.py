@@ -6,24 +6,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..pipelines.pipeline_reward_edit import PIPELINE_ALLOW_PATTERNS as CORE_PIPELINE_ALLOW_PATTERNS
+
 OFFICIAL_MODEL_REPO = "Gstar666/Reward-InsPix2Pix"
 OFFICIAL_STAGE2_SUBFOLDER = "stage2_reward_instruct_pix2pix"
 OFFICIAL_DATASET_REPO = "Gstar666/RewardEdit"
 OFFICIAL_ANNOTATION_FILENAME = "RewardEdit_20K.json"
 
-# What a pipeline needs: configs, safetensors weights, tokenizer files and the card. No pickles and no Python files
-# (the repo's loader shims only serve `DiffusionPipeline` with trust_remote_code; our loader never runs them).
-PIPELINE_ALLOW_PATTERNS: tuple[str, ...] = (
-    "model_index.json",
-    "README.md",
-    "*/config.json",
-    "*/*.safetensors",
-    "*/*.safetensors.index.json",
-    "*/scheduler_config.json",
-    "*/preprocessor_config.json",
-    "tokenizer/*",
-    "tokenizer_2/*",
-)
+# What a pipeline needs (the core loader's patterns: configs, safetensors weights, tokenizer files; no pickles and no
+# Python files — the repo's loader shims only serve `DiffusionPipeline` with trust_remote_code), plus the card.
+PIPELINE_ALLOW_PATTERNS: tuple[str, ...] = (*CORE_PIPELINE_ALLOW_PATTERNS, "README.md")
 PICKLE_WEIGHT_PATTERNS: tuple[str, ...] = ("*/*.bin", "*/*.bin.index.json")
 
 GATED_DATASET_HELP = (
