@@ -243,3 +243,14 @@ def test_duplicate_ids_and_bad_concurrency_are_rejected(tmp_path):
             annotate([item, item], judge, store, progress=False)
         with pytest.raises(ValueError, match="concurrency"):
             annotate([item], judge, store, concurrency=0, progress=False)
+
+
+def test_a_missing_api_key_stops_the_run_instead_of_failing_every_item(server, tmp_path, monkeypatch):
+    from reward_edit_pipeline.judge import JudgeConfigurationError
+
+    items = list(iter_triplets(write_items(tmp_path / "data", ["a", "b"])))
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with AnnotationStore(tmp_path / "store.sqlite") as store:
+        with pytest.raises(JudgeConfigurationError, match="OPENAI_API_KEY"):
+            annotate(items, fast_judge(server), store, progress=False)
+        assert store.counts()["failed"] == 0 and server.chat_count == 0

@@ -6,7 +6,15 @@
 >>> result.scores, result.failure_texts, result.verdicts  # doctest: +SKIP
 """
 
-from .base import FAILURE_REASONS, FunctionJudge, Judge, JudgeResult, PerspectiveJudgment, check_perspectives
+from .base import (
+    FAILURE_REASONS,
+    FunctionJudge,
+    Judge,
+    JudgeConfigurationError,
+    JudgeResult,
+    PerspectiveJudgment,
+    check_perspectives,
+)
 from .engine import AnnotationSummary, annotate, plan_annotation, run_annotation
 from .limits import CallLimiter
 from .openai_judge import OpenAIJudge, parse_retry_after
@@ -23,6 +31,7 @@ __all__ = [
     "CallLimiter",
     "FunctionJudge",
     "Judge",
+    "JudgeConfigurationError",
     "JudgeResult",
     "OpenAIJudge",
     "PerspectiveJudgment",

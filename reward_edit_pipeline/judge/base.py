@@ -49,6 +49,10 @@ FAILURE_REASONS: dict[str, str] = {
 }
 
 
+class JudgeConfigurationError(RuntimeError):
+    """A judge that cannot work at all (e.g. its API key variable is unset): raised, never recorded per item."""
+
+
 @dataclass(frozen=True)
 class PerspectiveJudgment:
     """The outcome of grading one perspective.

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..data.triplets import Triplet, image_reference
 from ..rewards import PERSPECTIVES
-from .base import Judge, PerspectiveJudgment, run_sync
+from .base import Judge, JudgeConfigurationError, PerspectiveJudgment, run_sync
 from .images import ImageLoadError, image_digest
 from .limits import CallLimiter
 from .pricing import Pricing, pricing_for
@@ -287,6 +287,8 @@ async def run_annotation(
                     triplet.instruction, triplet.original, triplet.edited, perspectives=item.todo, limiter=limiter
                 )
                 judgments = list(result.judgments)
+            except JudgeConfigurationError:
+                raise  # nothing can succeed: stop the run instead of failing every item
             except Exception as error:  # a backend bug must not lose the item: record it as failed
                 judgments = judge_error(item, error)
             store.record_many(

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ..rewards import PERSPECTIVES
-from .base import ImageInput, Judge, JudgeResult, PerspectiveJudgment, check_perspectives
+from .base import ImageInput, Judge, JudgeConfigurationError, JudgeResult, PerspectiveJudgment, check_perspectives
 from .images import DETAIL_LEVELS, IMAGE_FORMATS, ImageLoadError, PreparedImage, prepare_image, vision_tokens
 from .limits import CallLimiter
 from .parsing import combined_judgments_from_reply, judgment_from_reply
@@ -195,7 +195,7 @@ class OpenAIJudge(Judge):
     def api_key(self) -> str:
         key = os.environ.get(self.api_key_env)
         if not key:
-            raise RuntimeError(
+            raise JudgeConfigurationError(
                 f"the environment variable {self.api_key_env} (from `api_key_env`) is not set; set it to your API key "
                 "(any non-empty value for local servers that need no key)"
             )
