@@ -258,3 +258,37 @@ def test_encode_failure_text_matches_the_pooled_text_encoder_output(pipe):
 def test_save_pretrained_refuses_pickle(pipe, tmp_path):
     with pytest.raises(ValueError, match="safetensors only"):
         pipe.save_pretrained(tmp_path, safe_serialization=False)
+
+
+def test_dtype_moves_and_attention_slicing_keep_the_pipeline_working(tmp_path):
+    pipe = make_dummy_pipeline()
+    reference = edit(pipe)
+    pipe.enable_attention_slicing(1)
+    assert np.allclose(edit(pipe), reference, atol=1e-5)
+    pipe.disable_attention_slicing()
+    pipe.to(torch.bfloat16)
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.unet.latent_reward_attention.to_q.weight.dtype == torch.bfloat16
+    low_precision = edit(pipe)
+    assert low_precision.shape == reference.shape and np.isfinite(low_precision).all()
+    assert np.abs(low_precision - reference).mean() < 0.1
+
+
+def test_latents_input_reproduces_the_seeded_run(pipe):
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(7))
+    first = pipe(
+        "make it blue",
+        dummy_image(),
+        latents=latents,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(1),
+    ).images
+    second = pipe(
+        "make it blue",
+        dummy_image(),
+        latents=latents.clone(),
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(1),
+    ).images
+    assert np.array_equal(first, second)
