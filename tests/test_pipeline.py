@@ -292,3 +292,18 @@ def test_latents_input_reproduces_the_seeded_run(pipe):
         generator=torch.Generator().manual_seed(1),
     ).images
     assert np.array_equal(first, second)
+
+
+def test_null_reward_condition_matches_the_unets_null_rows(pipe):
+    batches = []
+    handle = pipe.unet.register_forward_hook(
+        lambda module, args, kwargs, output: batches.append(kwargs["null_reward_mask"]), with_kwargs=True
+    )
+    try:
+        null = edit(pipe, reward_scores=None, steps=1)
+    finally:
+        handle.remove()
+    assert batches[0] is not None and bool(batches[0].all()) and batches[0].shape == (3,)
+    assert np.abs(null - edit(pipe, steps=1)).max() > 1e-4
+    with pytest.raises(ValueError, match="null reward condition"):
+        edit(pipe, reward_scores=None, failure_text="blurry")

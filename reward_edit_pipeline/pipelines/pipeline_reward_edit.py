@@ -410,7 +410,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         self,
         prompt: str | list[str] | None = None,
         image: Any = None,
-        reward_scores: ScoreInput = BEST_SCORES,
+        reward_scores: ScoreInput | None = BEST_SCORES,
         failure_text: FailureTextInput = None,
         num_inference_steps: int = 30,
         guidance_scale: float = 7.5,
@@ -436,8 +436,9 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
                 the image(s) to edit; one image, or one per prompt. Sizes that are not multiples of the VAE factor
                 (8 for Stable Diffusion) are resized down to one, with a logged notice.
-            reward_scores (triple, list of triples, or tensor `[3]`/`[B, 3]`, *optional*, defaults to `(5, 5, 5)`):
+            reward_scores (triple, list of triples, tensor `[3]`/`[B, 3]`, or `None`, *optional*, defaults to `(5, 5, 5)`):
                 following, preserving, quality, each in [0, 5]; `(5, 5, 5)` is the paper's inference setting.
+                `None` selects the null reward condition (what reward-condition dropout trains; "no reward").
             failure_text (`str`, `tuple`, `list` or `None`, *optional*, defaults to `None`):
                 `None` → the model's "no failure" text (`unet.config.no_failure_text`, `"None; None; None"` for the
                 official weights); a string is used as is; a tuple `(following, preserving, quality)` of texts is
@@ -485,6 +486,14 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             prompt_embeds,
             output_type,
         )
+        use_null_reward = reward_scores is None
+        if use_null_reward:
+            if failure_text is not None or reward_guidance_scale > 1.0:
+                raise ValueError(
+                    "`reward_scores=None` selects the null reward condition: it takes no `failure_text` and no "
+                    "`reward_guidance_scale` > 1"
+                )
+            reward_scores = BEST_SCORES  # placeholder values, masked out by the null condition
         reward_scores = self.prepare_reward_scores(reward_scores, batch_size)
         failure_texts = self.prepare_failure_texts(failure_text, batch_size)
 
@@ -516,6 +525,8 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         branch_scores = reward_scores.repeat(num_branches, 1)
         branch_text_embeds = failure_text_embeds.repeat(num_branches, 1)
         null_reward_mask = None
+        if use_null_reward:  # every branch gets the null condition
+            null_reward_mask = torch.ones(branch_scores.shape[0], dtype=torch.bool, device=device)
         if do_reward_guidance:  # extra branch: text + image with the null reward condition
             prompt_embeds = torch.cat([prompt_embeds, prompt_embeds[:total]])
             branch_scores = torch.cat([branch_scores, reward_scores])
