@@ -359,14 +359,17 @@ def resolve_model_source(model: str, hub_id: str, model_roots: Sequence[str | os
     return str(resolve_pipeline_folder(model, model_roots)), True
 
 
-def resolve_dtype(dtype: str, device: Any) -> torch.dtype:
-    """``auto`` → float16 on an accelerator and float32 on the CPU; ``fp32``/``fp16``/``bf16`` as named."""
+def resolve_dtype(dtype: str, device: Any, fp16_supported: bool | None = None) -> torch.dtype:
+    """``auto`` → float16 where ``fp16_supported`` (ComfyUI's verdict for the device; by default: any accelerator),
+    float32 otherwise; ``fp32``/``fp16``/``bf16`` as named."""
     import torch
 
     if dtype not in DTYPE_CHOICES:
         raise ValueError(f"`dtype` must be one of {DTYPE_CHOICES}, got {dtype!r}")
     if dtype == "auto":
-        return torch.float32 if torch.device(device).type == "cpu" else torch.float16
+        if fp16_supported is None:
+            fp16_supported = torch.device(device).type != "cpu"
+        return torch.float16 if fp16_supported else torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 

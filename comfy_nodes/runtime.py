@@ -89,7 +89,8 @@ def load_pipe(model: str, hub_id: str, device: str, dtype: str) -> RewardEditPip
         raise ValueError(f"`device` must be one of {DEVICE_CHOICES}, got {device!r}")
     source, is_local = resolve_model_source(model, hub_id, diffusers_roots())
     target_device = model_management.get_torch_device() if device == "auto" else torch.device("cpu")
-    torch_dtype = resolve_dtype(dtype, target_device)
+    fp16_supported = target_device.type != "cpu" and bool(model_management.should_use_fp16(target_device))
+    torch_dtype = resolve_dtype(dtype, target_device, fp16_supported)  # "auto" follows ComfyUI (--force-fp32, GPU)
     key = (source, device, str(torch_dtype), folder_fingerprint(source) if is_local else None)
 
     def load() -> RewardEditPipe:

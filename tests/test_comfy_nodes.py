@@ -379,9 +379,10 @@ def test_loader_takes_a_hub_id_only_with_the_hub_choice(tmp_path):
             resolve_model_source(HUB_ID_CHOICE, bad, [root])
 
 
-def test_dtype_auto_is_fp32_on_cpu_and_fp16_on_accelerators():
+def test_dtype_auto_is_fp32_on_cpu_and_fp16_on_accelerators_that_support_it():
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("auto", "cuda") == torch.float16
+    assert resolve_dtype("auto", "cuda", fp16_supported=False) == torch.float32  # e.g. ComfyUI --force-fp32
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
         resolve_dtype("float64", "cpu")
@@ -407,6 +408,7 @@ class _FakeComfy:
     def __init__(self) -> None:
         self.events: list = []
         self.interrupted = False
+        self.device, self.fp16 = torch.device("cpu"), False
         self.current_loaded_models: list = []
         fake = self
 
@@ -437,7 +439,8 @@ class _FakeComfy:
                 raise KeyboardInterrupt("interrupted")
 
         self.model_management = types.SimpleNamespace(
-            get_torch_device=lambda: torch.device("cpu"),
+            get_torch_device=lambda: fake.device,
+            should_use_fp16=lambda device=None: fake.fp16,
             unet_offload_device=lambda: torch.device("cpu"),
             current_loaded_models=self.current_loaded_models,
             load_models_gpu=load_models_gpu,
@@ -666,3 +669,13 @@ def test_judge_node_without_the_environment_key_stops_with_a_message_naming_it(m
         assert server.chat_count == 3
         assert all(0.0 <= score <= 5.0 for score in outputs.as_tuple()[:3])
         assert len(outputs.feedback.split("; ")) == 3
+
+
+def test_loader_node_follows_comfyuis_fp16_verdict_and_loads_hub_ids(fake_comfy):
+    fake_comfy.device, fake_comfy.fp16 = torch.device("meta"), True  # an accelerator where ComfyUI allows fp16
+    (pipe,) = NODE_CLASS_MAPPINGS["RewardEditLoader"]().load(HUB_ID_CHOICE, "owner/reward-model", "auto", "auto")
+    assert fake_comfy.loads == [("owner/reward-model", torch.float16)]
+    assert pipe.patcher.load_device == torch.device("meta") and pipe.source == "owner/reward-model"
+    fake_comfy.fp16 = False
+    NODE_CLASS_MAPPINGS["RewardEditLoader"]().load(HUB_ID_CHOICE, "owner/reward-model", "auto", "auto")
+    assert fake_comfy.loads[-1] == ("owner/reward-model", torch.float32)
