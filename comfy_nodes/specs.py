@@ -105,7 +105,8 @@ LOADER = NodeSpec(
         InputSpec(
             "dtype",
             "COMBO",
-            "Weight precision. 'auto': fp16 on a GPU, fp32 on the CPU (the paper evaluated in fp16).",
+            "Weight precision. 'auto': fp16 where ComfyUI runs its device in fp16 (a GPU), else fp32 "
+            "(the paper evaluated in fp16).",
             default="auto",
             options=DTYPE_CHOICES,
         ),
