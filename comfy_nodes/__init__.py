@@ -34,7 +34,7 @@ def _select_node_classes() -> tuple[tuple[type, ...], str, Any]:
 
 _NODE_CLASSES, NODE_API, _entrypoint = _select_node_classes()
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {spec.node_id: cls for spec, cls in zip(NODE_SPECS, _NODE_CLASSES)}
+NODE_CLASS_MAPPINGS: dict[str, type] = {spec.node_id: cls for spec, cls in zip(NODE_SPECS, _NODE_CLASSES, strict=True)}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {spec.node_id: spec.display_name for spec in NODE_SPECS}
 
 logger.info("reward_edit: registered %d nodes (%s API)", len(NODE_CLASS_MAPPINGS), NODE_API)

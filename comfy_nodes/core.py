@@ -90,10 +90,11 @@ def check_comfy_image(image: Any, name: str = "image", multiple_of: int = 1) -> 
     if not (math.isfinite(low) and math.isfinite(high)) or low < 0.0 or high > 1.0:
         raise ValueError(f"`{name}` values must lie in [0, 1], got min {low:g} and max {high:g}")
     if multiple_of > 1 and (height % multiple_of or width % multiple_of):
+        fit_width = width // multiple_of * multiple_of or multiple_of
+        fit_height = height // multiple_of * multiple_of or multiple_of
         raise ValueError(
             f"`{name}` height and width must be multiples of {multiple_of} for this model, got {width}x{height} "
-            f"(W x H); resize it first, e.g. with the 'Upscale Image' node to {width // multiple_of * multiple_of or multiple_of}"
-            f"x{height // multiple_of * multiple_of or multiple_of}"
+            f"(W x H); resize it first, e.g. with the 'Upscale Image' node to {fit_width}x{fit_height}"
         )
     return image
 
@@ -206,7 +207,7 @@ def edit_images(
         result = result.detach().float().cpu().permute(0, 2, 3, 1)  # [1, H, W, 3]
         if tuple(result.shape[1:3]) != (height, width):
             raise RuntimeError(
-                f"the pipeline returned an image of {result.shape[2]}x{result.shape[1]} for an input of {width}x{height}"
+                f"the pipeline returned a {result.shape[2]}x{result.shape[1]} image for a {width}x{height} input"
             )
         edited.append(result)  # diffusers' postprocess already maps the decoder output to [0, 1]
     if on_step is not None:
