@@ -226,6 +226,113 @@ def sd15_meta_flops(resolution: int, batch_size: int) -> dict[str, int]:
     return {variant: forward_backward_flops(parts, variant, batches, resolution, device) for variant in VARIANTS}
 
 
+class SavedTensorMeter:
+    """Bytes of distinct tensors autograd saves for backward (parameters excluded), via saved-tensor hooks."""
+
+    def __init__(self, parameters: Any) -> None:
+        self.parameter_ids = {id(p) for p in parameters}
+        self.seen: set[int] = set()
+        self.total = 0
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        base = tensor._base if tensor._base is not None else tensor
+        if id(base) not in self.parameter_ids and id(base) not in self.seen:
+            self.seen.add(id(base))
+            self.total += base.numel() * base.element_size()
+        return tensor
+
+    def hooks(self) -> Any:
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda tensor: tensor)
+
+
+def sd15_activation_bytes(resolution: int, batch_size: int) -> dict[str, int]:
+    """Activation memory of the SD1.5 stage-2 UNet forward at `resolution`, fp32, on the meta device.
+
+    Without checkpointing: every tensor saved for backward. With diffusers' gradient checkpointing (each resnet and
+    transformer block recomputed in backward): tensors saved outside the checkpointed blocks + the inputs kept for
+    recomputation + the largest single block's saved tensors (one block is recomputed at a time).
+    """
+    from reward_edit_pipeline import RewardUNet2DConditionModel
+
+    device = torch.device("meta")
+    with device:
+        unet = RewardUNet2DConditionModel(**unet_config("sd15"), failure_text_embed_dim=768).train()
+    latent = resolution // 8
+    inputs = {
+        "sample": torch.zeros(batch_size, 8, latent, latent, device=device),
+        "timestep": torch.zeros(batch_size, dtype=torch.long, device=device),
+        "encoder_hidden_states": torch.zeros(batch_size, 77, 768, device=device),
+        "reward_scores": torch.zeros(batch_size, 3, device=device),
+        "failure_text_embeds": torch.zeros(batch_size, 768, device=device),
+    }
+    full = SavedTensorMeter(unet.parameters())
+    with full.hooks():
+        unet(**inputs)
+
+    largest_block, kept_inputs, kept_ids = 0, 0, set()
+
+    def measuring_checkpoint(function: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal largest_block, kept_inputs
+        inner = SavedTensorMeter(unet.parameters())
+        with inner.hooks():
+            function(*args, **kwargs)
+        largest_block = max(largest_block, inner.total)
+        for value in args:
+            if isinstance(value, torch.Tensor) and id(value) not in kept_ids:
+                kept_ids.add(id(value))
+                kept_inputs += value.numel() * value.element_size()
+        return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False, **kwargs)
+
+    unet.enable_gradient_checkpointing(gradient_checkpointing_func=measuring_checkpoint)
+    outside = SavedTensorMeter(unet.parameters())
+    with outside.hooks():
+        unet(**inputs)
+    return {
+        "full": full.total,
+        "checkpointed": outside.total + kept_inputs + largest_block,
+        "parameters": sum(p.numel() for p in unet.parameters()),
+    }
+
+
+def memory_table(resolution: int, batch_size: int) -> str:
+    """Markdown table: training memory of SD1.5 stage 2 (UNet trained, VAE and text encoder frozen)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    from reward_edit_pipeline.testing import get_dummy_tokenizer
+
+    with torch.device("meta"):
+        frozen = sum(p.numel() for p in AutoencoderKL(**vae_config("sd15")).parameters())
+        frozen += sum(p.numel() for p in CLIPTextModel(text_encoder_config("sd15", get_dummy_tokenizer())).parameters())
+    activations = sd15_activation_bytes(resolution, batch_size)
+    unet_params = activations["parameters"]
+    gib = 2**30
+    lines = [
+        f"SD1.5 stage-2 UNet: {unet_params / 1e6:.1f} M trainable parameters; frozen VAE + text encoder "
+        f"{frozen / 1e6:.1f} M; {resolution} px, batch {batch_size} per GPU. GiB:",
+        "",
+        "| precision | grad. ckpt | optimizer | weights | grads | optimizer states | EMA | frozen | activations | total |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for precision in ("fp16", "bf16", "no (fp32)"):
+        half = precision != "no (fp32)"
+        for checkpointing in (True, False):
+            for optimizer, state_bytes in (("AdamW", 8), ("8-bit AdamW", 2)):
+                weights, grads = 4 * unet_params, 4 * unet_params  # fp32 master weights and gradients (AMP)
+                states = state_bytes * unet_params
+                ema = 4 * unet_params
+                frozen_bytes = (2 if half else 4) * frozen
+                saved = activations["checkpointed" if checkpointing else "full"] / (2 if half else 1)
+                total = weights + grads + states + ema + frozen_bytes + saved
+                cells = [weights, grads, states, ema, frozen_bytes, saved, total]
+                lines.append(
+                    f"| {precision} | {'on' if checkpointing else 'off'} | {optimizer} | "
+                    + " | ".join(f"{value / gib:.2f}" for value in cells)
+                    + " |"
+                )
+    return "\n".join(lines)
+
+
 def memory_worker(args: argparse.Namespace) -> None:
     """Run in a fresh process: build one variant, take 3 steps, print the peak resident set."""
     device = torch.device(args.device)
@@ -334,6 +441,7 @@ def main() -> None:
     print(f"  FLOP ratio stage2/ip2p {sd15['stage2'] / sd15['ip2p']:.4f}, "
           f"uncached/cached {sd15['stage2'] / sd15['stage2_cached']:.2f}x")  # fmt: skip
 
+    print(memory_table(256, args.batch_size))
     if device.type == "cuda":
         for variant in VARIANTS:
             print(f"peak GPU memory {variant:14s} {peaks[variant] / 2**30:.2f} GiB")

@@ -69,6 +69,7 @@ def test_diffusers_flag_names_are_accepted(data_dir):
         (["--validation_prompt", "make it red"], "give both --validation_image and --validation_prompt"),
         (["--resume_from_checkpoint", "/no/such/checkpoint"], '--resume_from_checkpoint must be "latest"'),
         (["--dataset_name", "some/dataset"], "give exactly one of --train_data_dir or --dataset_name"),
+        (["--max_train_steps", "5", "--num_train_epochs", "2"], "give --max_train_steps or --num_train_epochs, not"),
     ],
 )
 def test_bad_arguments_exit_with_a_message_naming_the_flag(data_dir, capsys, extra, message):

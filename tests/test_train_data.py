@@ -137,3 +137,23 @@ def test_latent_cache_rows_equal_direct_encoding(tmp_path):
     assert (
         build_latent_cache(accelerator, str(tmp_path / "cache"), "fp", dataset, vae, text_encoder, True, 2, 0) == index
     )
+
+
+def test_a_saved_datasets_folder_is_read_through_dataset_name(tmp_path):
+    import datasets
+
+    keys = write_triplet_folder(tmp_path / "data", 3)
+    rows = {
+        "id": keys,
+        "original": [str(tmp_path / "data" / key / f"{1000 + n}_0.jpg") for n, key in enumerate(keys)],
+        "edited": [str(tmp_path / "data" / key / f"{1000 + n}_1.jpg") for n, key in enumerate(keys)],
+        "instruction": ["a", "b", "c"],
+    }
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "saved"))
+    args = SimpleNamespace(
+        train_data_dir=None, dataset_name=str(tmp_path / "saved"), max_train_samples=2, stage=1, rewards=None
+    )
+    examples = load_training_examples(args, SkipCounter())
+    assert [(e.key, e.instruction) for e in examples] == [(keys[0], "a"), (keys[1], "b")]
+    item = TripletDataset(examples, get_dummy_tokenizer(), resolution=16, with_rewards=False)[1]
+    assert item["original_pixel_values"].shape == (3, 16, 16)

@@ -28,6 +28,7 @@ def _free_port() -> int:
 
 @pytest.mark.timeout(300)
 def test_two_process_ddp_uses_disjoint_shards_and_ends_with_identical_weights(tmp_path):
+    """Also builds the latent cache with both processes (each encodes half, the main process writes the index)."""
     save_dummy_instruct_pix2pix_folder(tmp_path / "base")
     keys = write_triplet_folder(tmp_path / "data", 8)
     write_official_rewards(tmp_path / "rewards.json", keys)
@@ -41,7 +42,7 @@ def test_two_process_ddp_uses_disjoint_shards_and_ends_with_identical_weights(tm
         "--output_dir", str(tmp_path / "out"), "--resolution", "32", "--train_batch_size", "2",
         "--gradient_accumulation_steps", "1", "--max_train_steps", "2", "--checkpointing_steps", "100",
         "--learning_rate", "1e-3", "--mixed_precision", "no", "--dataloader_num_workers", "0",
-        "--report_to", "none", "--log_sample_ids",
+        "--report_to", "none", "--log_sample_ids", "--cache_latents",
     ]  # fmt: skip
     # The shipped DDP config, on 2 CPU processes: ACCELERATE_USE_CPU makes accelerate pick the MULTI_CPU (gloo)
     # backend for the torchrun-launched processes.
@@ -60,5 +61,11 @@ def test_two_process_ddp_uses_disjoint_shards_and_ends_with_identical_weights(tm
     # each rank saw other data (its losses differ), yet both end with the same weights: gradients were all-reduced
     per_rank = summary["per_process"]
     assert per_rank[0]["last_losses"] != per_rank[1]["last_losses"]
+    cache_index = json.loads((tmp_path / "out" / "latents_cache" / "index.json").read_text())
+    assert sorted(cache_index["example_indices"]) == list(range(8))
+    assert {shard for shard, _ in cache_index["rows"]} == {
+        "shard-r000-00000.safetensors",
+        "shard-r001-00000.safetensors",
+    }
     fingerprints = summary["unet_fingerprints"]
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]

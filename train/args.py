@@ -23,6 +23,7 @@ LR_SCHEDULER_CHOICES = (
 )
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "all", "none")
 DEFAULT_REWARD_DROPOUT_PROB = 0.05
+DEFAULT_MAX_TRAIN_STEPS = 10_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,8 +111,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("optimization")
     group.add_argument("--seed", type=int, default=42, help="Seed for data order, noise, flips and dropout.")
     group.add_argument("--train_batch_size", type=int, default=4, help="Batch size per device.")
-    group.add_argument("--num_train_epochs", type=int, default=None, help="Epochs (ignored if --max_train_steps).")
-    group.add_argument("--max_train_steps", type=int, default=10_000, help="Total optimization steps.")
+    group.add_argument(
+        "--num_train_epochs", type=int, default=None, help="Train this many epochs instead of --max_train_steps."
+    )
+    group.add_argument(
+        "--max_train_steps",
+        type=int,
+        default=None,
+        help=f"Total optimization steps (default {DEFAULT_MAX_TRAIN_STEPS}, the paper's, unless --num_train_epochs).",
+    )
     group.add_argument("--gradient_accumulation_steps", type=int, default=4, help="Micro-batches per optimizer step.")
     group.add_argument(
         "--gradient_checkpointing",
@@ -222,9 +230,11 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         value = getattr(args, name)
         _require(value is None or value >= 1, f"--{name} must be an integer >= 1, got {value}")
     _require(
-        args.max_train_steps is not None or args.num_train_epochs is not None,
-        "give --max_train_steps or --num_train_epochs",
+        args.max_train_steps is None or args.num_train_epochs is None,
+        "give --max_train_steps or --num_train_epochs, not both",
     )
+    if args.max_train_steps is None and args.num_train_epochs is None:
+        args.max_train_steps = DEFAULT_MAX_TRAIN_STEPS
     _require(
         args.resolution >= 8 and args.resolution % 8 == 0,
         f"--resolution must be a positive multiple of 8 (the VAE downsamples by 8), got {args.resolution}",
