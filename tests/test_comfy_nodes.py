@@ -594,6 +594,14 @@ def test_requirements_never_replace_comfyuis_torch():
     assert {"diffusers", "transformers", "safetensors", "openai"} <= set(names)
 
 
+def test_requirements_match_the_library_dependencies_except_torch():
+    requirements = {
+        line.strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines() if line and line[0] != "#"
+    }
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert requirements == {d for d in dependencies if not d.startswith("torch")}
+
+
 def test_pyproject_carries_registry_metadata_and_the_comfyui_test_extra():
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     comfy = pyproject["tool"]["comfy"]
