@@ -3,8 +3,8 @@
 
 ComfyUI reads ``NODE_CLASS_MAPPINGS`` first and only calls ``comfy_entrypoint`` when a pack has no mappings, so the
 V3 classes are offered *through* ``NODE_CLASS_MAPPINGS``: where the running ComfyUI provides ``comfy_api.latest``
-(ComfyUI >= 0.3.4x, which accepts ``io.ComfyNode`` classes in the mappings) the mappings hold the V3 classes,
-elsewhere (e.g. the ComfyUI of 2024) the V1 classes. Both are generated from `comfy_nodes.specs`, so ids, input names
+(builds with the V3 API also accept ``io.ComfyNode`` classes in the mappings; checked with 0.3.75) the mappings hold
+the V3 classes, elsewhere (e.g. the ComfyUI of 2024) the V1 classes. Both are generated from `comfy_nodes.specs`, so ids, input names
 and widget order are the same everywhere. ``comfy_entrypoint`` is exported too where V3 is available.
 """
 
