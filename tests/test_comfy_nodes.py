@@ -687,3 +687,15 @@ def test_loader_node_follows_comfyuis_fp16_verdict_and_loads_hub_ids(fake_comfy)
     fake_comfy.fp16 = False
     NODE_CLASS_MAPPINGS["RewardEditLoader"]().load(HUB_ID_CHOICE, "owner/reward-model", "auto", "auto")
     assert fake_comfy.loads[-1] == ("owner/reward-model", torch.float32)
+
+
+def test_an_unusable_v3_api_falls_back_to_the_v1_nodes_with_a_warning(monkeypatch, caplog):
+    import reward_edit_pipeline.comfy_nodes as pack
+
+    monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
+    monkeypatch.setitem(sys.modules, "comfy_api.latest", types.ModuleType("comfy_api.latest"))  # no `io` in it
+    monkeypatch.delitem(sys.modules, "reward_edit_pipeline.comfy_nodes.v3", raising=False)
+    with caplog.at_level("WARNING"):
+        classes, api, entrypoint = pack._select_node_classes()
+    assert api == "v1" and entrypoint is None and [c.__name__ for c in classes] == NODE_IDS
+    assert "V3 node API unusable" in caplog.text
