@@ -13,11 +13,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train import configure_logging, train
 
     try:
         validate_args(args)
     except ValueError as error:
         raise SystemExit(f"reward-edit train: error: {error}") from None
+    configure_logging()
     train(args)
     return 0

@@ -745,8 +745,18 @@ def run_validation(
             ema_unet.restore(trained_unet.parameters())
 
 
+def configure_logging() -> None:
+    """INFO-level log lines with time and logger name (what the training scripts of diffusers print)."""
+    import logging
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    configure_logging()
     train(args)
     return 0
 
