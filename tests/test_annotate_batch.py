@@ -48,6 +48,7 @@ def test_batch_results_equal_the_online_engine_and_files_are_split(tmp_path):
         assert len(server.batches) == 5  # 18 requests split 4 per file
         assert all(b["endpoint"] == "/v1/chat/completions" for b in server.batches.values())
         assert summary.requests == 18 and summary.final_items_done == 5 and summary.final_items_failed == 1
+        assert summary.prompt_tokens > 0 and summary.cost_usd is not None and summary.cost_usd > 0
         with AnnotationStore(tmp_path / "online.sqlite") as store:
             annotate(items, OpenAIJudge(base_url=server.base_url), store, progress=False)
         batch_lines = [

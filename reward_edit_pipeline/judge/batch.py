@@ -87,8 +87,8 @@ def _failure_from_result_line(perspective: str, line: dict[str, Any], prompt_id:
     return PerspectiveJudgment.failure(perspective, "batch_error", text[:1000], prompt_id=prompt_id)
 
 
-def ingest_batch(judge: OpenAIJudge, store: AnnotationStore, batch: Any) -> tuple[int, int]:
-    """Store every result of a finished batch. Returns (ok, failed) counts."""
+def ingest_batch(judge: OpenAIJudge, store: AnnotationStore, batch: Any) -> tuple[int, int, int, int]:
+    """Store every result of a finished batch. Returns (ok, failed, prompt tokens, completion tokens)."""
     client = judge.sync_client()
     requests = {key: (item_id, perspective) for key, item_id, perspective in store.batch_requests(batch.id)}
     seen: set[str] = set()
@@ -125,8 +125,14 @@ def ingest_batch(judge: OpenAIJudge, store: AnnotationStore, batch: Any) -> tupl
             entries.append((key, item_id, judgment, judge.name, judge.fingerprint(perspective)))
     store.record_many(entries)
     store.update_batch(batch.id, status=batch.status, ingested=1)
-    ok = sum(entry[2].ok for entry in entries)
-    return ok, len(entries) - ok
+    judgments = [entry[2] for entry in entries]
+    ok = sum(judgment.ok for judgment in judgments)
+    return (
+        ok,
+        len(judgments) - ok,
+        sum(judgment.prompt_tokens for judgment in judgments),
+        sum(judgment.completion_tokens for judgment in judgments),
+    )
 
 
 def run_batch_annotation(
@@ -250,15 +256,15 @@ def run_batch_annotation(
                         counts = getattr(batch, "request_counts", None)
                         print(f"batch {batch.id}: {batch.status} {counts or ''}", file=sys.stderr)
                 if batch.status in TERMINAL_STATUSES:
-                    ok, failed = ingest_batch(judge, store, batch)
+                    ok, failed, prompt_tokens, completion_tokens = ingest_batch(judge, store, batch)
                     summary.judged_ok += ok
                     summary.judged_failed += failed
+                    summary.prompt_tokens += prompt_tokens
+                    summary.completion_tokens += completion_tokens
             if not store.open_batches() or (deadline is not None and time.monotonic() > deadline):
                 break
             time.sleep(poll_interval)
     summary.elapsed_s = time.monotonic() - started
     finalize_summary(summary, planned, store)
-    counts = store.counts()
-    summary.prompt_tokens, summary.completion_tokens = counts["prompt_tokens"], counts["completion_tokens"]
     summary.cost_usd = pricing.cost(summary.prompt_tokens, summary.completion_tokens, batch=True) if pricing else None
     return summary

@@ -348,7 +348,7 @@ class OpenAIJudge(Judge):
                 except openai.APIConnectionError as error:
                     cause = error.__cause__ or error
                     reason, message = "connection_error", f"{type(cause).__name__}: {cause}"
-                except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError) as error:
+                except (openai.APIResponseValidationError, ValueError) as error:  # incl. JSON decoding
                     reason, message = "malformed_response", f"{type(error).__name__}: {str(error)[:500]}"
             if not retryable or attempt > self.max_retries:
                 return None, reason, message, attempt
