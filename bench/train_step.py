@@ -366,6 +366,7 @@ def main() -> None:
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip_memory", action="store_true", help="skip the per-variant memory processes (CPU)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
     parser.add_argument("--memory_worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
@@ -373,6 +374,8 @@ def main() -> None:
         return
 
     device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
     print(f"device={device} config={args.config} resolution={args.resolution} batch={args.batch_size} "
           f"accumulation={args.gradient_accumulation_steps} "
@@ -396,7 +399,8 @@ def main() -> None:
             return _noop()
         return torch.autocast(device.type, dtype=weight_dtype)
 
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    wall_times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu_times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     peaks: dict[str, int] = {}
     for repeat in range(args.warmup + args.repeats):
         order = VARIANTS[repeat % 3 :] + VARIANTS[: repeat % 3]
@@ -406,22 +410,27 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             synchronize(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             training_step(
                 parts["unets"][variant], optimizers[variant], batch, ctx, autocast, args.gradient_accumulation_steps
             )
             synchronize(device)
             if repeat >= args.warmup:
-                times[variant].append(time.perf_counter() - start)
+                wall_times[variant].append(time.perf_counter() - start)
+                cpu_times[variant].append(time.process_time() - start_cpu)
             if device.type == "cuda":
                 peaks[variant] = max(peaks.get(variant, 0), torch.cuda.max_memory_allocated(device))
 
-    def summary(variant: str) -> str:
-        values = times[variant]
+    def summary(values: list[float]) -> str:
         return f"median {statistics.median(values) * 1e3:8.1f} ms  min {min(values) * 1e3:8.1f}  max {max(values) * 1e3:8.1f}"
 
     for variant in VARIANTS:
-        print(f"step {variant:14s} {summary(variant)}  (n={len(times[variant])})")
+        print(f"step {variant:14s} wall {summary(wall_times[variant])}  (n={len(wall_times[variant])})")
+        print(f"step {variant:14s} cpu  {summary(cpu_times[variant])}")
+    # On a GPU the wall time is the cost. On a (shared) CPU the process's CPU time is: wall time there also counts the
+    # time other programs held the cores.
+    times = wall_times if device.type == "cuda" else cpu_times
+    print(f"ratios below use {'wall' if device.type == 'cuda' else 'CPU'} time")
     median = {v: statistics.median(times[v]) for v in VARIANTS}
     # per-repeat paired ratios (interleaved), for the spread
     stage2_ratios = [s / p for s, p in zip(times["stage2"], times["ip2p"])]
