@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .pipelines.pipeline_reward_edit import PIPELINE_ALLOW_PATTERNS, RewardEditPipeline
+from .pipelines.pipeline_reward_edit import DTYPE_KWARG, PIPELINE_ALLOW_PATTERNS, RewardEditPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -154,11 +154,11 @@ def load_pipeline(
     device = resolve_device(device)
     dtype = resolve_dtype(torch_dtype, device)
     if os.path.isdir(model):
-        pipe = load_local_pipeline(model, torch_dtype=dtype)
+        pipe = load_local_pipeline(model, **{DTYPE_KWARG: dtype})
     elif str(model) == OFFICIAL_REPO_ID:
-        pipe = RewardEditPipeline.from_pretrained(convert_official(str(model), revision), torch_dtype=dtype)
+        pipe = RewardEditPipeline.from_pretrained(convert_official(str(model), revision), **{DTYPE_KWARG: dtype})
     elif isinstance(model, str) and model.count("/") == 1 and not os.path.exists(model):
-        pipe = load_local_pipeline(_snapshot(model, revision, list(PIPELINE_ALLOW_PATTERNS)), torch_dtype=dtype)
+        pipe = load_local_pipeline(_snapshot(model, revision, list(PIPELINE_ALLOW_PATTERNS)), **{DTYPE_KWARG: dtype})
     else:
         raise FileNotFoundError(f"`model` {str(model)!r} is neither a local folder nor a Hub repo id (owner/name)")
     return pipe.to(device)

@@ -25,6 +25,13 @@ from ..rewards import BEST_SCORES, MAX_SCORE, MIN_SCORE, resolve_failure_text, v
 
 logger = logging.get_logger(__name__)
 
+try:  # diffusers >= 0.42 names the loading dtype `dtype` (and deprecates `torch_dtype`)
+    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+
+    DTYPE_KWARG = "dtype"
+except ImportError:  # pragma: no cover - older diffusers
+    DTYPE_KWARG = "torch_dtype"
+
 # Classes this package contributes as pipeline components (model_index.json: ["reward_edit_pipeline", name]).
 PACKAGE_CLASSES: dict[str, type] = {RewardUNet2DConditionModel.__name__: RewardUNet2DConditionModel}
 
@@ -203,7 +210,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"`path` must be a local official release folder, got {os.fspath(path)!r}")
         unet = RewardUNet2DConditionModel.from_official_unet(
-            os.path.join(path, "unet"), torch_dtype=kwargs.get("torch_dtype")
+            os.path.join(path, "unet"), torch_dtype=kwargs.get("dtype", kwargs.get("torch_dtype"))
         )
         pipe = super().from_pretrained(path, unet=unet, **kwargs)
         if use_paper_scheduler and not isinstance(pipe.scheduler, EulerAncestralDiscreteScheduler):
@@ -638,6 +645,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
 
 _SUBMODEL_KWARGS: tuple[str, ...] = (
     "torch_dtype",
+    "dtype",
     "revision",
     "variant",
     "cache_dir",
