@@ -25,6 +25,9 @@ FAULTS = {
     "[[pydict]]": None,
     "[[int]]": None,
     "[[500]]": "server_error",
+    "[[429]]": "rate_limited",
+    "[[400]]": "http_error",
+    "[[length]]": "truncated_reply",
     "[[slow]]": "timeout",
     "[[reset]]": "connection_error",
     "[[malformed]]": "malformed_response",
@@ -254,3 +257,16 @@ def test_a_missing_api_key_stops_the_run_instead_of_failing_every_item(server, t
         with pytest.raises(JudgeConfigurationError, match="OPENAI_API_KEY"):
             annotate(items, fast_judge(server), store, progress=False)
         assert store.counts()["failed"] == 0 and server.chat_count == 0
+
+
+def test_store_paths_with_uri_characters_open_read_only(tmp_path):
+    path = tmp_path / "odd name #1?.sqlite"
+    judge = FunctionJudge(lambda *args: (2.0, "no", "x"))
+    item = Triplet("a", "x", Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4)))
+    with AnnotationStore(path) as store:
+        annotate([item], judge, store, progress=False)
+    with AnnotationStore(path, readonly=True) as store:
+        assert store.get("a").scores == (2.0, 2.0, 2.0)
+        with pytest.raises(PermissionError):
+            store.record("k", "a", store.get("a").judgments["following"])
+    assert load_reward_records(path)["a"].failure_text == "x; x; x"

@@ -167,7 +167,8 @@ class AnnotationStore:
         if readonly:
             if not self.path.is_file():
                 raise FileNotFoundError(f"annotation store not found: {self.path}")
-            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"  # percent-encoded: any file name works
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
