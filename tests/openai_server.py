@@ -558,7 +558,10 @@ class OpenAIServer:
                     latency = server.latency(request) if callable(server.latency) else server.latency
                     if latency:
                         time.sleep(latency)
-                    outcome = server._respond(request)
+                    try:
+                        outcome = server._respond(request)
+                    except Exception as error:  # a broken responder or directive: say so to the client (not retried)
+                        outcome = HTTPError(400, f"loopback server responder failed: {type(error).__name__}: {error}")
                     while isinstance(outcome, Delay):
                         time.sleep(outcome.seconds)
                         outcome = outcome.then
