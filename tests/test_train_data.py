@@ -157,3 +157,50 @@ def test_a_saved_datasets_folder_is_read_through_dataset_name(tmp_path):
     assert [(e.key, e.instruction) for e in examples] == [(keys[0], "a"), (keys[1], "b")]
     item = TripletDataset(examples, get_dummy_tokenizer(), resolution=16, with_rewards=False)[1]
     assert item["original_pixel_values"].shape == (3, 16, 16)
+
+
+def test_failure_text_encoding_matches_the_pipeline_encoding():
+    from reward_edit_pipeline.train.cache import encode_failure_text_ids
+    from reward_edit_pipeline.train.data import tokenize
+
+    from reward_edit_pipeline.testing import make_dummy_pipeline
+
+    pipe = make_dummy_pipeline(seed=0)
+    texts = ["None; None; None", "the hat is still red; the face changed; slightly blurry", "x"]
+    ids = tokenize(pipe.tokenizer, texts)
+    with torch.no_grad():
+        expected = pipe.encode_failure_text(texts)
+    torch.testing.assert_close(encode_failure_text_ids(pipe.text_encoder, ids), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dataset_image_columns_are_read_lazily_in_workers_and_bad_ones_counted(tmp_path):
+    import datasets
+
+    keys = write_triplet_folder(tmp_path / "data", 3)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
+    originals = [str(tmp_path / "data" / key / f"{1000 + n}_0.jpg") for n, key in enumerate(keys)]
+    edited = [str(tmp_path / "data" / key / f"{1000 + n}_1.jpg") for n, key in enumerate(keys)]
+    edited[2] = str(corrupt)
+    dataset = (
+        datasets.Dataset.from_dict(
+            {"original_image": originals, "edited_image": edited, "edit_prompt": ["a", "b", "c"]}
+        )
+        .cast_column("original_image", datasets.Image())
+        .cast_column("edited_image", datasets.Image(decode=False))
+    )
+    dataset = dataset.cast_column("edited_image", datasets.Image())  # stored as bytes, decoded on access
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    args = SimpleNamespace(
+        train_data_dir=None, dataset_name=str(tmp_path / "saved"), max_train_samples=None, stage=1, rewards=None
+    )
+    examples = load_training_examples(args, SkipCounter())
+    assert [e.key for e in examples] == ["0", "1", "2"] and "DatasetImage" in repr(examples[0].original_image)
+    loader = DataLoader(
+        TripletDataset(examples, get_dummy_tokenizer(), resolution=16, with_rewards=False),
+        batch_size=3,
+        num_workers=1,
+        collate_fn=collate_training_batch,
+    )
+    batch = next(iter(loader))
+    assert batch["batch_size"] == 2 and [(s.key, s.reason) for s in batch["skipped"]] == [("2", "unreadable_image")]

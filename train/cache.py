@@ -61,7 +61,20 @@ def encode_prompt_ids(text_encoder: Any, input_ids: torch.Tensor) -> torch.Tenso
 @torch.no_grad()
 def encode_failure_text_ids(text_encoder: Any, input_ids: torch.Tensor) -> torch.Tensor:
     """Pooled text embedding `[B, D]` of failure-text token ids: `text_encoder(ids)[1]`, as
-    `RewardEditPipeline.encode_failure_text` computes it."""
+    `RewardEditPipeline.encode_failure_text` computes it.
+
+    The padding after the batch's last end-of-text token is cut off first: CLIP's text transformer is causal, so
+    later tokens cannot change the pooled output (the hidden state at each sequence's first end-of-text token). Same
+    result up to float rounding, less compute for short failure texts.
+    """
+    if input_ids.device.type != "meta":
+        eos_token_id = text_encoder.config.eos_token_id
+        if eos_token_id == 2:  # legacy CLIP configs pool at argmax(ids): the end-of-text token has the largest id
+            ends = input_ids.argmax(dim=-1)
+        else:
+            is_end = input_ids == eos_token_id
+            ends = torch.where(is_end.any(dim=-1), is_end.int().argmax(dim=-1), input_ids.shape[-1] - 1)
+        input_ids = input_ids[:, : int(ends.max()) + 1]
     return text_encoder(input_ids.to(text_encoder.device))[1]
 
 

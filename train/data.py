@@ -30,7 +30,8 @@ SKIP_UNREADABLE_IMAGE = "unreadable_image"
 SKIP_SIZE_MISMATCH = "size_mismatch"
 SKIP_REASONS = (SKIP_MISSING_REWARD, SKIP_MISSING_IMAGE, SKIP_UNREADABLE_IMAGE, SKIP_SIZE_MISMATCH)
 
-# An image reference: a file path, encoded bytes, a decoded PIL image, or a `datasets` Image dict {"bytes", "path"}.
+# An image reference: a file path, encoded bytes, a decoded PIL image, a `datasets` Image dict {"bytes", "path"}, or a
+# lazy reference with a `read()` method returning one of those.
 ImageSource = Any
 
 
@@ -99,6 +100,8 @@ class ImageLoadError(Exception):
 def load_rgb_image(source: ImageSource) -> Image.Image:
     """Decode `source` fully into an RGB PIL image, or raise `ImageLoadError` (missing or unreadable)."""
     try:
+        if hasattr(source, "read") and not isinstance(source, (str, bytes, os.PathLike)):
+            return load_rgb_image(source.read())  # a lazy reference (e.g. a `datasets` image cell)
         if isinstance(source, Image.Image):
             image = source
         elif isinstance(source, dict):
