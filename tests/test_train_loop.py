@@ -193,3 +193,15 @@ def test_fp16_on_cpu_is_refused_with_a_clear_error(workspace, tmp_path):
         pytest.skip("a GPU is present: fp16 is allowed")
     with pytest.raises(ValueError, match="--mixed_precision fp16 needs a GPU"):
         main(argv)
+
+
+def test_stage2_continues_from_an_official_release_folder(workspace, tmp_path):
+    from reward_edit_pipeline import RewardEditPipeline
+    from reward_edit_pipeline.testing import save_dummy_official_folder
+
+    official = save_dummy_official_folder(tmp_path / "official")
+    output = tmp_path / "out"
+    main(_argv(workspace, output, "--pretrained_model_name_or_path", str(official), "--max_train_steps", "1"))
+    summary = json.loads((output / "train_summary.json").read_text())
+    assert summary["base_model_handling"].startswith("stage 2: base is an official Multi-Reward-Editing stage-2")
+    assert RewardEditPipeline.from_pretrained(output).unet.config.reward_attention_dropout == 0.1
