@@ -139,8 +139,14 @@ def make_batches(parts: dict[str, Any], batch_size: int, resolution: int, device
         "original_pixel_values": pixels[0].to(device),
         "edited_pixel_values": pixels[1].to(device),
         "input_ids": tokenize(tokenizer, ["turn the sky into a sunset over the sea"] * batch_size).to(device),
+        # a failure text of typical length: one sentence per perspective, joined in score order (~60 tokens)
         "failure_text_input_ids": tokenize(
-            tokenizer, ["the sky is still blue; the boat changed colour; slightly blurry"] * batch_size
+            tokenizer,
+            [
+                "The sky turned orange but the sun is missing and the reflection on the water was not updated; "
+                "the boat in the foreground changed colour and shape; the horizon is blurry with visible artifacts"
+            ]
+            * batch_size,
         ).to(device),
         "reward_scores": torch.tensor([[3.0, 4.0, 4.5]] * batch_size, device=device),
     }
