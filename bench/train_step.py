@@ -7,7 +7,8 @@ Each timed step is one optimization step as the paper runs it: 4 micro-batches o
 `reward_edit_pipeline.train.step.training_loss`, + backward, with gradient checkpointing), gradient clipping, AdamW. Variants (timed interleaved, order rotated each repeat):
 
 - `ip2p`: stock `UNet2DConditionModel` (8 input channels), VAE + text encoder run inside the step;
-- `stage2`: `RewardUNet2DConditionModel` wrapping the same UNet, rewards + failure text (pooled CLIP) encoded per step;
+- `stage2`: `RewardUNet2DConditionModel` wrapping the same UNet, with rewards and failure-text embeddings (the
+  trainer encodes the distinct failure texts once before training: the text encoder is frozen);
 - `stage2_cached`: the same with `--cache_latents` batches (VAE posterior and text embeddings precomputed).
 
 Deterministic measures: parameter counts and the FLOPs of one forward+backward (torch's FlopCounterMode), also for
@@ -35,6 +36,11 @@ import torch
 VARIANTS = ("ip2p", "stage2", "stage2_cached")
 TARGET_STAGE2_RATIO = 1.03
 TARGET_CACHE_SPEEDUP = 1.5
+# a failure text of typical length: one sentence per perspective, joined in score order
+FAILURE_TEXT = (
+    "The sky turned orange but the sun is missing and the reflection on the water was not updated; "
+    "the boat in the foreground changed colour and shape; the horizon is blurry with visible artifacts"
+)
 
 
 def unet_config(name: str) -> dict[str, Any]:
@@ -127,7 +133,7 @@ def build(name: str, device: torch.device, weight_dtype: torch.dtype, variants: 
 
 
 def make_batches(parts: dict[str, Any], batch_size: int, resolution: int, device: torch.device) -> dict[str, Any]:
-    from reward_edit_pipeline.train.cache import encode_failure_text_ids, encode_pixels, encode_prompt_ids
+    from reward_edit_pipeline.train.cache import encode_failure_text_table, encode_pixels, encode_prompt_ids
     from reward_edit_pipeline.train.data import tokenize
 
     generator = torch.Generator().manual_seed(1)
@@ -139,18 +145,12 @@ def make_batches(parts: dict[str, Any], batch_size: int, resolution: int, device
         "original_pixel_values": pixels[0].to(device),
         "edited_pixel_values": pixels[1].to(device),
         "input_ids": tokenize(tokenizer, ["turn the sky into a sunset over the sea"] * batch_size).to(device),
-        # a failure text of typical length: one sentence per perspective, joined in score order (~60 tokens)
-        "failure_text_input_ids": tokenize(
-            tokenizer,
-            [
-                "The sky turned orange but the sun is missing and the reflection on the water was not updated; "
-                "the boat in the foreground changed colour and shape; the horizon is blurry with visible artifacts"
-            ]
-            * batch_size,
-        ).to(device),
+        "failure_text_index": torch.zeros(batch_size, dtype=torch.long, device=device),
         "reward_scores": torch.tensor([[3.0, 4.0, 4.5]] * batch_size, device=device),
     }
     vae, text_encoder = parts["vae"], parts["text_encoder"]
+    # As the trainer does, the distinct failure texts are encoded once before training (the text encoder is frozen).
+    parts["failure_text_table"] = encode_failure_text_table(text_encoder, tokenizer, [FAILURE_TEXT])
     cached = {"batch_size": batch_size, "skipped": [], "reward_scores": raw["reward_scores"]}
     for suffix, flip in (("", False), ("_flipped", True)):
         original = raw["original_pixel_values"].flip(-1) if flip else raw["original_pixel_values"]
@@ -158,7 +158,7 @@ def make_batches(parts: dict[str, Any], batch_size: int, resolution: int, device
         cached[f"original_latents{suffix}"], _ = encode_pixels(vae, original)
         cached[f"edited_latent_mean{suffix}"], cached[f"edited_latent_std{suffix}"] = encode_pixels(vae, edited)
     cached["prompt_embeds"] = encode_prompt_ids(text_encoder, raw["input_ids"])
-    cached["failure_text_embeds"] = encode_failure_text_ids(text_encoder, raw["failure_text_input_ids"])
+    cached["failure_text_embeds"] = parts["failure_text_table"][raw["failure_text_index"]]
     return {"raw": raw, "cached": cached}
 
 
@@ -183,6 +183,7 @@ def make_context(parts: dict[str, Any], variant: str, resolution: int, device: t
         cached=variant.endswith("_cached"),
         with_rewards=variant.startswith("stage2"),
         failure_text_embed_dim=parts["text_encoder"].config.hidden_size,
+        failure_text_table=parts["failure_text_table"],
     )
 
 

@@ -14,7 +14,6 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _train_fixtures import write_official_rewards, write_triplet_folder  # noqa: E402
 from reward_edit_pipeline.train.data import (  # noqa: E402
     EpochShuffleSampler,
     SkipCounter,
@@ -24,6 +23,7 @@ from reward_edit_pipeline.train.data import (  # noqa: E402
     collate_training_batch,
 )
 from reward_edit_pipeline.train.sources import load_training_examples  # noqa: E402
+from test_train_fixtures import single_torch_thread, write_official_rewards, write_triplet_folder  # noqa: E402, F401
 
 from reward_edit_pipeline.testing import get_dummy_tokenizer  # noqa: E402
 
@@ -61,7 +61,7 @@ def test_bad_images_are_skipped_and_counted_through_dataloader_workers(tmp_path)
             kept.extend(batch["index"].tolist())
             assert batch["original_pixel_values"].shape == (batch["batch_size"], 3, 32, 32)
             assert batch["edited_pixel_values"].abs().max() <= 1.0
-            assert batch["failure_text_input_ids"].shape == (batch["batch_size"], 77)
+            assert batch["failure_text_index"].dtype == torch.long
     assert kept == [0, 5]  # nothing replaced: the batch shrank
     assert skips.counts == {"unreadable_image": 2, "missing_image": 1, "size_mismatch": 1}
     assert skips.total == 4 and skips.examples["unreadable_image"] == ["corrupt", "truncated"]
@@ -109,34 +109,36 @@ def test_epoch_sampler_depends_only_on_seed_and_epoch():
 
 
 def test_latent_cache_rows_equal_direct_encoding(tmp_path):
-    from reward_edit_pipeline.train.cache import CachedLatentDataset, build_latent_cache
+    from reward_edit_pipeline.train.cache import CachedLatentDataset, build_latent_cache, encode_failure_text_table
+    from reward_edit_pipeline.train.data import tokenize
 
     from reward_edit_pipeline.testing import get_dummy_components
 
     components = get_dummy_components(seed=0)
     examples = [example for example in _examples(tmp_path) if example.key in ("ok", "corrupt", "bytes")]
     dataset = TripletDataset(examples, components["tokenizer"], resolution=32, with_rewards=True)
+    assert dataset.failure_texts == ["None; None; None", "a; b; c", "x"]
     accelerator = SimpleNamespace(
         is_main_process=True, process_index=0, num_processes=1, wait_for_everyone=lambda: None
     )
-    vae, text_encoder = components["vae"], components["text_encoder"]
-    index = build_latent_cache(accelerator, str(tmp_path / "cache"), "fp", dataset, vae, text_encoder, True, 2, 0)
+    vae, text_encoder, tokenizer = components["vae"], components["text_encoder"], components["tokenizer"]
+    table = encode_failure_text_table(text_encoder, tokenizer, dataset.failure_texts)
+    cache_dir = str(tmp_path / "cache")
+    index = build_latent_cache(accelerator, cache_dir, "fp", dataset, vae, text_encoder, True, 2, 0, table)
     assert [entry["key"] for entry in index["skipped"]] == ["corrupt"]
-    cached = CachedLatentDataset(str(tmp_path / "cache"), index)
+    cached = CachedLatentDataset(cache_dir, index)
     assert len(cached) == 2 and cached.example_indices == [0, 2]
     row = cached[1]
     item = dataset[2]
     with torch.no_grad():
         distribution = vae.encode(item["edited_pixel_values"][None].flip(-1)).latent_dist
-        pooled = text_encoder(item["failure_text_input_ids"][None])[1]
+        pooled = text_encoder(tokenize(tokenizer, ["x"]))[1]
     torch.testing.assert_close(row["edited_latent_mean_flipped"], distribution.mean[0])
     torch.testing.assert_close(row["edited_latent_std_flipped"], distribution.std[0])
-    torch.testing.assert_close(row["failure_text_embeds"], pooled[0])
+    torch.testing.assert_close(row["failure_text_embeds"], pooled[0], atol=1e-5, rtol=1e-5)
     assert row["prompt_embeds"].shape == (77, 32) and row["reward_scores"].tolist() == [2.0, 2.0, 2.0]
-    # a second build with the same fingerprint reuses the shards; another fingerprint rebuilds
-    assert (
-        build_latent_cache(accelerator, str(tmp_path / "cache"), "fp", dataset, vae, text_encoder, True, 2, 0) == index
-    )
+    # a second build with the same fingerprint reuses the shards
+    assert build_latent_cache(accelerator, cache_dir, "fp", dataset, vae, text_encoder, True, 2, 0, table) == index
 
 
 def test_a_saved_datasets_folder_is_read_through_dataset_name(tmp_path):
@@ -160,7 +162,7 @@ def test_a_saved_datasets_folder_is_read_through_dataset_name(tmp_path):
 
 
 def test_failure_text_encoding_matches_the_pipeline_encoding():
-    from reward_edit_pipeline.train.cache import encode_failure_text_ids
+    from reward_edit_pipeline.train.cache import encode_failure_text_ids, encode_failure_text_table
     from reward_edit_pipeline.train.data import tokenize
 
     from reward_edit_pipeline.testing import make_dummy_pipeline
@@ -171,6 +173,8 @@ def test_failure_text_encoding_matches_the_pipeline_encoding():
     with torch.no_grad():
         expected = pipe.encode_failure_text(texts)
     torch.testing.assert_close(encode_failure_text_ids(pipe.text_encoder, ids), expected, atol=1e-5, rtol=1e-5)
+    table = encode_failure_text_table(pipe.text_encoder, pipe.tokenizer, texts, batch_size=2)
+    torch.testing.assert_close(table, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_dataset_image_columns_are_read_lazily_in_workers_and_bad_ones_counted(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _train_fixtures import write_official_rewards, write_triplet_folder  # noqa: E402
+from test_train_fixtures import write_official_rewards, write_triplet_folder  # noqa: E402
 
 from reward_edit_pipeline.testing import save_dummy_instruct_pix2pix_folder  # noqa: E402
 

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _train_fixtures import write_official_rewards, write_triplet_folder  # noqa: E402
 from reward_edit_pipeline.train.args import parse_args  # noqa: E402
 from reward_edit_pipeline.train.train import main, train  # noqa: E402
+from test_train_fixtures import single_torch_thread, write_official_rewards, write_triplet_folder  # noqa: E402, F401
 
 from reward_edit_pipeline.testing import (  # noqa: E402
     save_dummy_instruct_pix2pix_folder,

@@ -78,6 +78,23 @@ def encode_failure_text_ids(text_encoder: Any, input_ids: torch.Tensor) -> torch
     return text_encoder(input_ids.to(text_encoder.device))[1]
 
 
+@torch.no_grad()
+def encode_failure_text_table(
+    text_encoder: Any, tokenizer: Any, failure_texts: Sequence[str], batch_size: int = 64
+) -> torch.Tensor:
+    """Pooled embeddings `[len(failure_texts), D]` of distinct failure texts, computed once before training (the text
+    encoder is frozen, so they never change); tokenized as `RewardEditPipeline.encode_failure_text` does."""
+    from .data import tokenize
+
+    rows = [
+        encode_failure_text_ids(text_encoder, tokenize(tokenizer, failure_texts[start : start + batch_size]))
+        for start in range(0, len(failure_texts), batch_size)
+    ]
+    if not rows:
+        return torch.zeros(0, text_encoder.config.hidden_size, device=text_encoder.device, dtype=text_encoder.dtype)
+    return torch.cat(rows)
+
+
 def read_index(cache_dir: str) -> dict[str, Any] | None:
     path = os.path.join(cache_dir, INDEX_FILE)
     if not os.path.isfile(path):
@@ -96,6 +113,7 @@ def build_latent_cache(
     with_flips: bool,
     batch_size: int,
     num_workers: int,
+    failure_text_table: torch.Tensor | None = None,
     rows_per_shard: int = 1024,
 ) -> dict[str, Any]:
     """Encode every example once (each process a disjoint share) and return the cache index.
@@ -149,8 +167,10 @@ def build_latent_cache(
             rows[f"original_latents{suffix}"], _ = encode_pixels(vae, original)
             rows[f"edited_latent_mean{suffix}"], rows[f"edited_latent_std{suffix}"] = encode_pixels(vae, edited)
         rows["prompt_embeds"] = encode_prompt_ids(text_encoder, batch["input_ids"])
-        if "failure_text_input_ids" in batch:
-            rows["failure_text_embeds"] = encode_failure_text_ids(text_encoder, batch["failure_text_input_ids"])
+        if "failure_text_index" in batch:
+            if failure_text_table is None:
+                raise ValueError("stage-2 examples need `failure_text_table` (see `encode_failure_text_table`)")
+            rows["failure_text_embeds"] = failure_text_table[batch["failure_text_index"].to(failure_text_table.device)]
             rows["reward_scores"] = batch["reward_scores"]
         for name, value in rows.items():
             pending.setdefault(name, []).append(value.detach().cpu())

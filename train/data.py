@@ -159,7 +159,8 @@ class TripletDataset(Dataset):
     """Decodes, checks and preprocesses one triplet per index; bad samples come back as `SkippedSample`.
 
     Items: `original_pixel_values`, `edited_pixel_values` (`[3, R, R]` in [-1, 1]), `input_ids`, and for stage 2
-    `reward_scores` (`[3]`) and `failure_text_input_ids`. Original and edited images must have the same size
+    `reward_scores` (`[3]`) and `failure_text_index` (row of `failure_texts`, the distinct failure texts, whose pooled
+    embeddings the trainer computes once: the text encoder is frozen). Original and edited images must have the same size
     (InstructPix2Pix pairs are pixel-aligned); a mismatch is skipped, not resized into agreement.
     """
 
@@ -174,6 +175,13 @@ class TripletDataset(Dataset):
         self.tokenizer = tokenizer
         self.resolution = resolution
         self.with_rewards = with_rewards
+        self.failure_texts: list[str] = []
+        self.failure_text_index: list[int] = []
+        if with_rewards:
+            rows: dict[str, int] = {}
+            for example in self.examples:
+                self.failure_text_index.append(rows.setdefault(example.failure_text, len(rows)))
+            self.failure_texts = list(rows)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -205,8 +213,7 @@ class TripletDataset(Dataset):
         }
         if self.with_rewards:
             item["reward_scores"] = torch.tensor(example.reward_scores, dtype=torch.float32)
-            # Same tokenization as `RewardEditPipeline.encode_failure_text` (max length, truncation).
-            item["failure_text_input_ids"] = tokenize(self.tokenizer, [example.failure_text])[0]
+            item["failure_text_index"] = torch.tensor(self.failure_text_index[index], dtype=torch.long)
         return item
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .cache import encode_failure_text_ids, encode_pixels, encode_prompt_ids
+from .cache import encode_pixels, encode_prompt_ids
 
 
 @dataclass
@@ -33,6 +33,7 @@ class LossContext:
     conditioning_dropout_prob: float = 0.05
     reward_dropout_prob: float = 0.05
     failure_text_embed_dim: int | None = None
+    failure_text_table: torch.Tensor | None = None  # [distinct failure texts, D] (stage 2, uncached batches)
 
 
 def _rand(ctx: LossContext, *size: int) -> torch.Tensor:
@@ -78,9 +79,7 @@ def training_loss(unet: Any, batch: dict[str, Any], ctx: LossContext) -> tuple[t
             original_latents, _ = encode_pixels(ctx.vae, torch.where(flip4, original.flip(-1), original))
             edited_mean, edited_std = encode_pixels(ctx.vae, torch.where(flip4, edited.flip(-1), edited))
             prompt_embeds = encode_prompt_ids(ctx.text_encoder, batch["input_ids"])
-            failure_text_embeds = (
-                encode_failure_text_ids(ctx.text_encoder, batch["failure_text_input_ids"]) if ctx.with_rewards else None
-            )
+            failure_text_embeds = ctx.failure_text_table[batch["failure_text_index"]] if ctx.with_rewards else None
         reward_scores = batch.get("reward_scores")
 
     shape = (rows, ctx.latent_channels, ctx.latent_size, ctx.latent_size)

@@ -43,6 +43,7 @@ from .cache import (
     build_latent_cache,
     cache_fingerprint,
     count_cache_skips,
+    encode_failure_text_table,
     encode_prompt_ids,
 )
 from .data import EpochShuffleSampler, SkipCounter, TripletDataset, collate_training_batch, tokenize
@@ -405,6 +406,10 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
         raise ValueError(f"no usable training examples (skipped: {skips.as_dict()['by_reason']})")
     with_rewards = args.stage == 2
     triplets = TripletDataset(examples, tokenizer, args.resolution, with_rewards)
+    failure_text_table = None
+    if with_rewards:
+        failure_text_table = encode_failure_text_table(text_encoder, tokenizer, triplets.failure_texts)
+        logger.info("encoded %d distinct failure texts once (frozen text encoder)", len(triplets.failure_texts))
     cached = args.cache_latents
     if cached:
         cache_dir = args.latents_cache_dir or os.path.join(args.output_dir, "latents_cache")
@@ -430,6 +435,7 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
             with_flips=args.random_flip,
             batch_size=args.train_batch_size,
             num_workers=args.dataloader_num_workers,
+            failure_text_table=failure_text_table,
         )
         count_cache_skips(cache_index, skips)
         train_dataset = CachedLatentDataset(cache_dir, cache_index)
@@ -530,6 +536,7 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
         conditioning_dropout_prob=args.conditioning_dropout_prob,
         reward_dropout_prob=args.reward_dropout_prob,
         failure_text_embed_dim=text_encoder.config.hidden_size,
+        failure_text_table=failure_text_table,
     )
 
     # ---- loop
