@@ -184,6 +184,10 @@ def test_stage1_widens_a_text_to_image_unet_and_saves_an_instruct_pix2pix_folder
     assert stage1.unet.config.in_channels == 8
     summary = json.loads((output / "train_summary.json").read_text())
     assert summary["base_model_handling"].startswith("stage 1: widened conv_in 4 -> 8")
+    from reward_edit_pipeline import RewardEditPipeline, load_pipeline
+
+    wrapped = load_pipeline(str(output))  # a stock InstructPix2Pix folder, wrapped for reward conditioning
+    assert isinstance(wrapped, RewardEditPipeline) and wrapped.unet.config.in_channels == 8
 
 
 def test_fp16_on_cpu_is_refused_with_a_clear_error(workspace, tmp_path):
