@@ -161,7 +161,12 @@ class LatentRewardAttention(nn.Module):
         logits = torch.baddbmm(
             folded_bias.reshape(batch, 1, heads * num_tokens), query_tokens, folded_keys, alpha=scale, beta=scale
         )
-        probs = logits.view(batch, -1, heads, num_tokens).softmax(dim=-1)
+        logits = logits.view(batch, -1, heads, num_tokens)
+        if num_tokens == 2:  # softmax over two keys is a sigmoid of their difference (much faster on CPU)
+            difference = logits[..., 0] - logits[..., 1]
+            probs = torch.stack([torch.sigmoid(difference), torch.sigmoid(-difference)], dim=-1)
+        else:
+            probs = logits.softmax(dim=-1)
         probs = F.dropout(probs, p=self.dropout, training=self.training)
         # out[b, n] = Σ_(h,t) p[b, n, h, t] · (v[b, t, h] W_o,hᵀ) + b_o
         output_weight = self.to_out.weight.view(channels, heads, head_dim)
@@ -173,15 +178,16 @@ class LatentRewardAttention(nn.Module):
     def forward(self, hidden_states: torch.Tensor, condition_tokens: torch.Tensor) -> torch.Tensor:
         """hidden_states: `[B, C, H, W]`; condition_tokens: `[B, T, C]`; returns the residual `[B, C, H, W]`."""
         batch, channels, height, width = hidden_states.shape
-        query_tokens = (
-            self.proj_in(self.norm(hidden_states)).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-        )
+        # The 1×1 convolutions run as linear layers on the token layout (same weights and maths, faster on CPU).
+        normed_tokens = self.norm(hidden_states).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        query_tokens = F.linear(normed_tokens, self.proj_in.weight.view(channels, channels), self.proj_in.bias)
         attended = F.dropout(self.attend(query_tokens, condition_tokens), p=self.dropout, training=self.training)
         attended = self.attn_norm(attended + query_tokens)
         feed_forward = self.ff_out(F.gelu(self.ff_in(attended)))
         feed_forward = F.dropout(feed_forward, p=self.dropout, training=self.training)
         output = self.ff_norm(feed_forward + attended)
-        return self.proj_out(output.reshape(batch, height, width, channels).permute(0, 3, 1, 2))
+        output = F.linear(output, self.proj_out.weight.view(channels, channels), self.proj_out.bias)
+        return output.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
 class RewardUNet2DConditionModel(UNet2DConditionModel):
