@@ -70,7 +70,9 @@ def unet_overhead(repeats: int, device: torch.device, dtype: torch.dtype) -> tup
     torch.manual_seed(0)
     base = UNet2DConditionModel(**SD15_UNET).eval()
     reward = RewardUNet2DConditionModel.from_unet(base, reward_init="default", failure_text_embed_dim=768).eval()
-    base, reward = base.to(device, dtype), reward.to(device, dtype)
+    if dtype != torch.float32:  # (cast only when asked: diffusers warns on every cast)
+        base, reward = base.to(dtype=dtype), reward.to(dtype=dtype)
+    base, reward = base.to(device), reward.to(device)
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(3, 8, 64, 64, generator=generator).to(device, dtype)
     text = torch.randn(3, 77, 768, generator=generator).to(device, dtype)
@@ -127,6 +129,10 @@ def pipeline_overhead(repeats: int, steps: int) -> float:
             output_type="np",
         )
 
+    stock_flops, our_flops = count_flops(run_stock), count_flops(run_ours)
+    print(
+        f"pipeline GFLOP per call: stock {stock_flops / 1e9:.2f}, ours {our_flops / 1e9:.2f} (ratio {our_flops / stock_flops:.4f})"
+    )
     median, low, high, _ = interleaved_ratio(run_stock, run_ours, repeats, torch.device("cpu"))
     print(
         f"pipeline wall ratio (tiny components, {steps} steps, 64x64): median {median:.4f} (min {low:.4f}, max {high:.4f}, {repeats} pairs)"
