@@ -179,7 +179,11 @@ def test_stage1_widens_a_text_to_image_unet_and_saves_an_instruct_pix2pix_folder
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     output = tmp_path / "stage1"
-    main(_argv(workspace, output, "--max_train_steps", "2", stage=1))
+    Image.fromarray(np.full((32, 32, 3), 120, dtype=np.uint8)).save(tmp_path / "val.png")
+    validation = ("--validation_image", str(tmp_path / "val.png"), "--validation_prompt", "make it red")
+    main(_argv(workspace, output, "--max_train_steps", "2", "--validation_steps", "1", "--validation_inference_steps",
+               "2", *validation, stage=1))  # fmt: skip
+    assert sorted(p.name for p in (output / "validation").iterdir()) == ["step-0000001-0.png", "step-0000002-0.png"]
     stage1 = StableDiffusionInstructPix2PixPipeline.from_pretrained(output, safety_checker=None)
     assert stage1.unet.config.in_channels == 8
     summary = json.loads((output / "train_summary.json").read_text())
