@@ -351,7 +351,17 @@ def memory_worker(args: argparse.Namespace) -> None:
     batch = batches["cached" if ctx.cached else "raw"]
     for _ in range(3):
         training_step(unet, optimizer, batch, ctx, _noop)
-    print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    print(json.dumps({"peak_rss_bytes": peak_resident_bytes()}))
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident set. `VmHWM` belongs to the process image (reset by exec); `ru_maxrss` is not:
+    Linux carries it over from the parent through fork + exec."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class _noop:

@@ -309,7 +309,14 @@ def _tracker_config(args: argparse.Namespace) -> dict[str, Any]:
 def _peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+    try:  # the process's own high-water mark (ru_maxrss is inherited from the parent across fork + exec on Linux)
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
 def train(args: argparse.Namespace, step_callback: Callable[[int], None] | None = None) -> dict[str, Any]:
