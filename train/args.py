@@ -133,7 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Multiply the learning rate by batch size x accumulation x number of processes.",
     )
-    group.add_argument("--lr_scheduler", type=str, default="constant", choices=LR_SCHEDULER_CHOICES)
+    group.add_argument(
+        "--lr_scheduler", type=str, default="constant", choices=LR_SCHEDULER_CHOICES, help="Schedule (paper: constant)."
+    )
     group.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up steps (paper: none).")
     group.add_argument(
         "--conditioning_dropout_prob",
@@ -157,10 +159,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--use_ema", action=bool_flag, default=True, help="Keep an EMA of the UNet (paper: on).")
     group.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay.")
     group.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes 8-bit AdamW (optional dependency).")
-    group.add_argument("--adam_beta1", type=float, default=0.9)
-    group.add_argument("--adam_beta2", type=float, default=0.999)
-    group.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    group.add_argument("--adam_epsilon", type=float, default=1e-8)
+    group.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
+    group.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay.")
+    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
     group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
     group.add_argument(
         "--mixed_precision",
@@ -174,8 +176,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("outputs, checkpoints and logging")
     group.add_argument("--output_dir", type=str, default="reward-edit-model", help="Final pipeline folder and logs.")
     group.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
-    group.add_argument("--report_to", type=str, default="tensorboard", choices=REPORT_TO_CHOICES)
-    group.add_argument("--tracker_project_name", type=str, default="reward-edit-train")
+    group.add_argument(
+        "--report_to", type=str, default="tensorboard", choices=REPORT_TO_CHOICES, help="Experiment tracker."
+    )
+    group.add_argument("--tracker_project_name", type=str, default="reward-edit-train", help="Tracker run name.")
     group.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable state every N steps.")
     group.add_argument(
         "--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints (oldest removed first)."
@@ -189,8 +193,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--validation_steps", type=int, default=500, help="Write validation edits every N steps.")
     group.add_argument("--validation_image", type=str, default=None, help="Image to edit for validation.")
     group.add_argument("--validation_prompt", type=str, default=None, help="Instruction for the validation edit.")
-    group.add_argument("--num_validation_images", type=int, default=1)
-    group.add_argument("--validation_inference_steps", type=int, default=20)
+    group.add_argument("--num_validation_images", type=int, default=1, help="Validation edits per validation.")
+    group.add_argument(
+        "--validation_inference_steps", type=int, default=20, help="Denoising steps per validation edit."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
