@@ -448,7 +448,6 @@ def main() -> None:
     # time other programs held the cores.
     times = wall_times if device.type == "cuda" else cpu_times
     print(f"ratios below use {'wall' if device.type == 'cuda' else 'CPU'} time")
-    median = {v: statistics.median(times[v]) for v in VARIANTS}
     # per-repeat paired ratios (interleaved), for the spread
     stage2_ratios = [s / p for s, p in zip(times["stage2"], times["ip2p"])]
     cache_speedups = [u / c for u, c in zip(times["stage2"], times["stage2_cached"])]
@@ -480,8 +479,9 @@ def main() -> None:
             peak = json.loads(output[-1])["peak_rss_bytes"]
             print(f"peak resident memory (fresh process, 3 steps) {variant:14s} {peak / 2**30:.2f} GiB")
 
-    print(f"cached_latents_speedup {median['stage2'] / median['stage2_cached']:.2f} target >={TARGET_CACHE_SPEEDUP}")
-    print(f"RESULT stage2_vs_ip2p_step_time {median['stage2'] / median['ip2p']:.3f} target <={TARGET_STAGE2_RATIO}")
+    # medians of the per-repeat ratios (each pair timed back to back), as printed above with their spread
+    print(f"cached_latents_speedup {statistics.median(cache_speedups):.2f} target >={TARGET_CACHE_SPEEDUP}")
+    print(f"RESULT stage2_vs_ip2p_step_time {statistics.median(stage2_ratios):.3f} target <={TARGET_STAGE2_RATIO}")
 
 
 if __name__ == "__main__":
