@@ -165,6 +165,8 @@ def test_stage2_output_loads_into_the_pipeline_and_edits_an_image(workspace, tmp
     assert (output / "latents_cache" / "index.json").is_file()
     pipe = RewardEditPipeline.from_pretrained(output)
     assert isinstance(pipe.unet, RewardUNet2DConditionModel)
+    for frozen in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert _sha256(output / frozen) == _sha256(workspace / "ip2p" / frozen), frozen  # saved unchanged
     pipe.set_progress_bar_config(disable=True)
     edited = pipe(
         "invert the red", image=image, reward_scores=(5, 5, 5), num_inference_steps=2, output_type="np",

@@ -694,9 +694,16 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
         trained_unet.load_state_dict(full_state_dict)
         if ema_unet is not None:
             ema_unet.copy_to(trained_unet.parameters())
-        inference_scheduler = load_base_scheduler(args)
+        # The frozen VAE and text encoder are saved from the base model's own files, so their weights stay bit-exact
+        # (the copies used for training may have been cast to fp16/bf16).
+        base, revision = args.pretrained_model_name_or_path, args.revision
         pipeline = build_pipeline(
-            args, trained_unet, vae.to(torch.float32), text_encoder.to(torch.float32), tokenizer, inference_scheduler
+            args,
+            trained_unet,
+            AutoencoderKL.from_pretrained(base, subfolder="vae", revision=revision),
+            CLIPTextModel.from_pretrained(base, subfolder="text_encoder", revision=revision),
+            tokenizer,
+            load_base_scheduler(args),
         )
         pipeline.save_pretrained(args.output_dir, safe_serialization=True)
         with open(os.path.join(args.output_dir, SUMMARY_FILE), "w", encoding="utf-8") as handle:
