@@ -220,3 +220,14 @@ def test_stage2_continues_from_an_official_release_folder(workspace, tmp_path):
     summary = json.loads((output / "train_summary.json").read_text())
     assert summary["base_model_handling"].startswith("stage 2: base is an official Multi-Reward-Editing stage-2")
     assert RewardEditPipeline.from_pretrained(output).unet.config.reward_attention_dropout == 0.1
+
+
+def test_cached_latents_train_like_the_uncached_path(workspace, tmp_path):
+    """Same seed, same draws: the cached path only moves the VAE and text encoders out of the step."""
+    losses = {}
+    for name, extra in (("uncached", ()), ("cached", ("--cache_latents",))):
+        output = tmp_path / name
+        main(_argv(workspace, output, "--gradient_accumulation_steps", "1", "--max_train_steps", "3", *extra))
+        losses[name] = json.loads((output / "train_summary.json").read_text())["last_losses"]
+    assert len(losses["cached"]) == 3
+    np.testing.assert_allclose(losses["cached"], losses["uncached"], rtol=1e-4)
