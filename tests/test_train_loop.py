@@ -231,3 +231,11 @@ def test_cached_latents_train_like_the_uncached_path(workspace, tmp_path):
         losses[name] = json.loads((output / "train_summary.json").read_text())["last_losses"]
     assert len(losses["cached"]) == 3
     np.testing.assert_allclose(losses["cached"], losses["uncached"], rtol=1e-4)
+
+
+def test_bf16_mixed_precision_runs_on_cpu(workspace, tmp_path):
+    output = tmp_path / "bf16"
+    argv = _argv(workspace, output, "--gradient_accumulation_steps", "1", "--max_train_steps", "2")
+    argv[argv.index("--mixed_precision") + 1] = "bf16"
+    summary = main(argv) == 0 and json.loads((output / "train_summary.json").read_text())
+    assert summary["optimization_steps"] == 2 and all(np.isfinite(summary["last_losses"]))
