@@ -38,6 +38,7 @@ FOLLOWING_FLAWS = ("missing", "wrong", "partial")
 PRESERVING_FLAWS = ("collateral",)
 QUALITY_FLAWS = ("noise", "blur", "blocking")
 AXES = ("following", "preserving", "quality")
+JPEG_BLOCK = 8
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class FlawConfig:
     rate: float = 0.4
     axis_counts: tuple[float, float, float] = (0.70, 0.25, 0.05)  # probability of 1, 2, 3 flawed axes
     noise_sigma: tuple[float, float] = (0.06, 0.12)
-    blur_sigma: tuple[float, float] = (0.9, 1.5)
+    blur_sigma: tuple[float, float] = (0.6, 1.0)
     jpeg_quality: tuple[int, int] = (15, 30)
 
     def __post_init__(self) -> None:
@@ -101,10 +102,14 @@ def following_flaw(sample: Sample, kind: str, rng: np.random.Generator) -> np.nd
         # only the left (or top) half of the changed region is edited
         mask = sample.result.edit_mask
         rows, columns = np.nonzero(mask)
-        if rng.random() < 0.5:
-            keep = np.arange(mask.shape[1])[None, :] <= np.median(columns)
+        by_columns = rng.random() < 0.5
+        split = int(np.quantile(columns if by_columns else rows, 0.45))
+        if split % JPEG_BLOCK == JPEG_BLOCK - 1:  # keep the split off JPEG's 8-pixel grid (a quality cue)
+            split -= 1
+        if by_columns:
+            keep = np.arange(mask.shape[1])[None, :] <= split
         else:
-            keep = np.arange(mask.shape[0])[:, None] <= np.median(rows)
+            keep = np.arange(mask.shape[0])[:, None] <= split
         partial = original.copy()
         edited = mask & keep
         partial[edited] = target[edited]
@@ -127,9 +132,10 @@ def _protected_mask(sample: Sample) -> np.ndarray:
 def preserving_flaw(image: np.ndarray, sample: Sample, rng: np.random.Generator) -> np.ndarray | None:
     """Change something the instruction did not mention, inside the protected pixels (None if impossible)."""
     protected = _protected_mask(sample)
-    if protected.sum() < 40:
-        return None
     size = sample.scene.size
+    min_pixels = max(4, size * size // 50)
+    if protected.sum() < 2 * min_pixels:
+        return None
     options = []
     scene = sample.result.target_scene or sample.scene
     for scene_object in scene.objects:
@@ -137,7 +143,7 @@ def preserving_flaw(image: np.ndarray, sample: Sample, rng: np.random.Generator)
             continue
         _, masks = render(replace(scene, objects=(scene_object,)))
         mask = masks[scene_object.shape]
-        if (mask & protected).sum() >= 20:
+        if (mask & protected).sum() >= min_pixels:
             options.append(("recolour", scene_object, mask))
     used = {o.quadrant for o in scene.objects} | ({sample.edit.quadrant} if sample.edit.quadrant else set())
     present = {o.shape for o in scene.objects}
@@ -150,14 +156,14 @@ def preserving_flaw(image: np.ndarray, sample: Sample, rng: np.random.Generator)
             new_object = SceneObject(shape, "red", quadrant, size=size * 5 // 16)
             _, masks = render(replace(scene, objects=(new_object,)))
             mask = masks[shape]
-            if (mask & protected).sum() >= 20:
+            if (mask & protected).sum() >= min_pixels:
                 options.append(("add", new_object, mask))
     background = sample.result.element_masks["background"] & protected
     corner = np.zeros_like(background)
     patch = size // 4
     top, left = int(rng.integers(0, size - patch + 1)), int(rng.integers(0, size - patch + 1))
     corner[top : top + patch, left : left + patch] = True
-    if (corner & background).sum() >= 20:
+    if (corner & background).sum() >= min_pixels:
         options.append(("patch", None, corner & background))
     if not options:
         return None

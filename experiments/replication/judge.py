@@ -98,8 +98,9 @@ def measure_preserving(sample: Sample, edited: np.ndarray) -> Measurement:
     text = ""
     if not ok:
         names = []
+        min_pixels = max(2, changed.size // 128)
         for name, element in sample.result.element_masks.items():
-            if (changed & element).sum() >= 8:
+            if (changed & element).sum() >= min_pixels:
                 names.append("background" if name == "background" else name)
         text = "unrequested change to the " + (" and ".join(names) if names else "image")
     return Measurement(score, "yes" if ok else "no", text, {"changed_fraction": fraction})

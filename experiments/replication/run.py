@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,11 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-size", type=int, default=140, help="Held-out evaluation triplets (default 140).")
     parser.add_argument("--flaw-rate", type=float, default=0.4, help="Fraction of flawed ground truths, in [0, 1].")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Training seeds (default 0 1 2).")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--steps", type=int, default=700, help="Optimization steps per model (equal for all).")
+    parser.add_argument(
+        "--variants", nargs="+", default=["baseline", "reward"], choices=VARIANTS, help="Default: baseline reward."
+    )
+    parser.add_argument("--steps", type=int, default=1200, help="Optimization steps per model (equal for all).")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--vae-steps", type=int, default=600, help="Steps fitting the tiny VAE to the world.")
     parser.add_argument("--inference-steps", type=int, default=20)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--image-guidance-scale", type=float, default=1.5)
@@ -57,29 +59,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--sweep-values",
         type=float,
         nargs="*",
-        default=[1.0, 2.0, 3.0, 4.0, 5.0],
+        default=[1.0, 3.0, 5.0],
         help="Requested following (and quality) scores of the inference sweep; empty to skip.",
     )
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=2, help="Training processes at a time (one thread each).")
+    parser.add_argument("--image-size", type=int, default=16, help="World image side: 16 (default), 32 or 64.")
     parser.add_argument("--smoke", action="store_true", help="Trivial sizes: checks the wiring, not the claim.")
     return parser
 
 
 def validate(args: argparse.Namespace) -> argparse.Namespace:
     if args.smoke:
-        args.train_size, args.eval_size, args.steps, args.vae_steps = 56, 14, 3, 5
+        args.train_size, args.eval_size, args.steps = 56, 14, 3
         args.inference_steps, args.seeds, args.batch_size = 2, args.seeds[:1], 8
         args.sweep_values = [1.0, 5.0]
+        args.variants = list(VARIANTS)
     checks = [
         (args.train_size >= 7, f"--train-size must be >= 7 (one per edit type), got {args.train_size}"),
         (args.eval_size >= 7, f"--eval-size must be >= 7 (one per edit type), got {args.eval_size}"),
         (0.0 <= args.flaw_rate <= 1.0, f"--flaw-rate must be in [0, 1], got {args.flaw_rate}"),
         (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
         (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
-        (args.vae_steps >= 1, f"--vae-steps must be >= 1, got {args.vae_steps}"),
+        (args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}"),
         (args.inference_steps >= 1, f"--inference-steps must be >= 1, got {args.inference_steps}"),
         (args.learning_rate > 0, f"--learning-rate must be > 0, got {args.learning_rate}"),
-        (args.image_size in (32, 64), f"--image-size must be 32 or 64, got {args.image_size}"),
+        (args.image_size in (16, 32, 64), f"--image-size must be 16, 32 or 64, got {args.image_size}"),
         (all(0 <= v <= 5 for v in args.sweep_values), f"--sweep-values must be in [0, 5], got {args.sweep_values}"),
         (len(set(args.seeds)) == len(args.seeds), f"--seeds must be distinct, got {args.seeds}"),
     ]
@@ -181,34 +185,22 @@ def annotate_training(out: Path, registry: WorldRegistry) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- models
 def build_base(args: argparse.Namespace, out: Path, train: list[Sample]) -> dict[str, Any]:
-    """Fit the VAE once; save one random-UNet InstructPix2Pix folder per seed (the common initialization)."""
-    import torch
+    """The identity VAE (scaled on the training images) and one random-UNet InstructPix2Pix folder per seed: the
+    common initialization of every variant of that seed."""
+    from .models import build_identity_vae, save_base_pipeline, set_scaling_factor
 
-    from .models import build_vae, save_base_pipeline, train_vae
-
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     rows = [json.loads(line) for line in open(out / "data" / "train.jsonl", encoding="utf-8")]
-    images = [np.asarray(Image.open(r["original"]).convert("RGB")) for r in rows]
-    images += [np.asarray(Image.open(r["edited"]).convert("RGB")) for r in rows]
-    images += [s.result.target for s in train]
-    vae = build_vae(seed=0)
-    vae_stats = train_vae(vae, np.stack(images), steps=args.vae_steps, seed=0)
-    logger.info("VAE fitted: %s", vae_stats)
+    images = [np.asarray(Image.open(r["edited"]).convert("RGB")) for r in rows]
+    vae = build_identity_vae(args.image_size)
+    scaling = set_scaling_factor(vae, np.stack(images))
     for seed in args.seeds:
         save_base_pipeline(out / "base" / f"seed{seed}", vae, unet_seed=seed, text_seed=0, image_size=args.image_size)
-    return vae_stats
+    return {"kind": "identity AutoencoderKL (pixels as latents)", "scaling_factor": scaling}
 
 
-def train_variant(args: argparse.Namespace, out: Path, seed: int, variant: str) -> dict[str, Any]:
-    """One training run through the project's trainer (`reward_edit_pipeline.train.train.main`)."""
-    from reward_edit_pipeline.train.train import main as train_main
-
+def trainer_arguments(args: argparse.Namespace, out: Path, seed: int, variant: str) -> list[str]:
+    """The flags of one training run of the project's trainer (`python -m reward_edit_pipeline.train`)."""
     output_dir = out / "models" / f"seed{seed}" / variant
-    summary_path = output_dir / "train_summary.json"
-    if summary_path.is_file():
-        return json.loads(summary_path.read_text(encoding="utf-8"))
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
     argv = [
         "--stage",
         "1" if variant == "baseline" else "2",
@@ -240,7 +232,7 @@ def train_variant(args: argparse.Namespace, out: Path, seed: int, variant: str) 
         "0",
         "--cache_latents",
         "--latents_cache_dir",
-        str(out / "latents_cache" / f"seed{seed}"),
+        str(out / "latents_cache" / f"seed{seed}_{variant}"),
         "--use_ema",
         "--ema_decay",
         "0.995",
@@ -255,13 +247,56 @@ def train_variant(args: argparse.Namespace, out: Path, seed: int, variant: str) 
         argv += ["--rewards", str(out / "rewards.sqlite")]
     elif variant == "scores_only":
         argv += ["--rewards", str(out / "rewards_scores_only.jsonl")]
-    started = time.perf_counter()
-    train_main(argv)
-    logger.info("trained seed %d %s in %.1f s", seed, variant, time.perf_counter() - started)
-    return json.loads(summary_path.read_text(encoding="utf-8"))
+    return argv
 
 
-# ----------------------------------------------------------------------------------------------- evaluation
+def train_all(args: argparse.Namespace, out: Path, runs: list[tuple[int, str]]) -> dict[str, float]:
+    """Train every (seed, variant) with the project's trainer, `--jobs` processes at a time, one torch thread each
+    (two OpenMP threads per process on a shared 2-core machine slow training down many times over)."""
+    environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    pending = []
+    for seed, variant in runs:
+        output_dir = out / "models" / f"seed{seed}" / variant
+        if (output_dir / "train_summary.json").is_file():
+            continue  # finished by an earlier invocation
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        pending.append((seed, variant))
+    running: list[tuple[subprocess.Popen, int, str, float, Any]] = []
+    durations: dict[str, float] = {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed, variant = pending.pop(0)
+            (out / "logs").mkdir(parents=True, exist_ok=True)
+            log = open(out / "logs" / f"train_seed{seed}_{variant}.log", "w", encoding="utf-8")
+            command = [sys.executable, "-m", "reward_edit_pipeline.train"] + trainer_arguments(args, out, seed, variant)
+            logger.info("training seed %d %s: %s", seed, variant, " ".join(command))
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+            running.append((process, seed, variant, time.perf_counter(), log))
+        time.sleep(1.0)
+        for entry in list(running):
+            process, seed, variant, started, log = entry
+            if process.poll() is None:
+                continue
+            running.remove(entry)
+            log.close()
+            if process.returncode != 0:
+                for other in running:
+                    other[0].kill()
+                raise RuntimeError(
+                    f"training seed {seed} {variant} failed (exit {process.returncode}); see "
+                    f"{out / 'logs' / f'train_seed{seed}_{variant}.log'}"
+                )
+            durations[f"train_seed{seed}_{variant}"] = round(time.perf_counter() - started, 1)
+            logger.info("trained seed %d %s in %.1f s", seed, variant, durations[f"train_seed{seed}_{variant}"])
+    return durations
+
+
+def training_summary(out: Path, seed: int, variant: str) -> dict[str, Any]:
+    path = out / "models" / f"seed{seed}" / variant / "train_summary.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def generate_edits(
     args: argparse.Namespace,
     model_dir: Path,
@@ -499,6 +534,9 @@ def save_examples(out: Path, eval_rows: list[dict[str, Any]], variants: list[str
 
 # ----------------------------------------------------------------------------------------------- main
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)  # see `train_all`: oversubscribed OpenMP threads are the slowest option on a busy CPU
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -553,10 +591,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per_item: dict[str, dict[int, list[dict[str, Any]]]] = {v: {} for v in args.variants}
     per_seed: dict[str, dict[int, dict[str, float]]] = {v: {} for v in args.variants}
     sweeps: dict[str, dict[str, dict[str, dict[int, dict[str, float]]]]] = {}
+    t = time.perf_counter()
+    timings.update(train_all(args, out, [(seed, variant) for seed in args.seeds for variant in args.variants]))
+    t = lap("training_all", t)
     for seed in args.seeds:
         for variant in args.variants:
             t = time.perf_counter()
-            summary = train_variant(args, out, seed, variant)
+            summary = training_summary(out, seed, variant)
             train_summaries[f"seed{seed}/{variant}"] = {
                 k: summary[k]
                 for k in (
@@ -568,7 +609,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "base_model_handling",
                 )
             }
-            t = lap(f"train_seed{seed}_{variant}", t)
             model_dir = out / "models" / f"seed{seed}" / variant
             edits = generate_edits(args, model_dir, eval_rows, (5.0, 5.0, 5.0), seed)
             results = judge_edits(out, f"seed{seed}_{variant}", eval_rows, edits, registry)

@@ -11,7 +11,7 @@ instruction has one of the seven edit types of Real-Edit, in spirit:
     global      "make it darker" / "make it brighter"
     style       "make it grayscale" / "make it sepia"
 
-Everything is a deterministic function of a seed; images are `uint8` RGB arrays (`size` x `size`, default 32). The
+Everything is a deterministic function of a seed; images are `uint8` RGB arrays (`size` x `size`, default 16). The
 clean edit of a scene is exact: `apply_edit` returns the target image and the masks of what the edit should change.
 """
 
@@ -59,7 +59,7 @@ class SceneObject:
 class Scene:
     background: str
     objects: tuple[SceneObject, ...]
-    size: int = 32
+    size: int = 16
 
     def find(self, shape: str) -> SceneObject:
         for scene_object in self.objects:
@@ -166,7 +166,7 @@ def global_operation(image: np.ndarray, operation: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- sampling
-def sample_scene(rng: np.random.Generator, size: int = 32) -> Scene:
+def sample_scene(rng: np.random.Generator, size: int = 16) -> Scene:
     """A random scene: a background and 1-3 shapes of distinct kinds in distinct quadrants."""
     count = int(rng.integers(1, 4))
     shapes = rng.choice(SHAPES, size=count, replace=False)
@@ -283,7 +283,7 @@ class Sample:
     result: EditResult
 
 
-def generate_samples(count: int, seed: int, size: int = 32, prefix: str = "s") -> list[Sample]:
+def generate_samples(count: int, seed: int, size: int = 16, prefix: str = "s") -> list[Sample]:
     """`count` samples from `seed`; edit types cycle so that all seven are equally represented."""
     rng = np.random.default_rng(seed)
     samples: list[Sample] = []
