@@ -7,6 +7,7 @@ tokenizer with a tiny vocabulary (every byte, a few merges), so any text encodes
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,18 @@ TEXT_WIDTH = 32
 _MERGES = (("t", "h"), ("th", "e</w>"), ("a", "n"), ("i", "n"), ("o", "n"), ("e", "r"), ("N", "on"), ("Non", "e</w>"))
 
 
-def get_dummy_tokenizer() -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer (77 tokens) whose vocabulary is every byte (with and without `</w>`)."""
+def get_dummy_tokenizer(merges: Sequence[tuple[str, str]] = _MERGES) -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer (77 tokens) whose vocabulary is every byte (with and without `</w>`) plus the
+    result of each BPE merge in `merges` (applied in order)."""
     symbols = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for symbol in symbols + [symbol + "</w>" for symbol in symbols]:
         vocab[symbol] = len(vocab)
-    for left, right in _MERGES:
+    for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=list(_MERGES), model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=77)
 
 
 def get_dummy_text_encoder(tokenizer: CLIPTokenizer, seed: int = 0) -> CLIPTextModel:

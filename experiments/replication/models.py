@@ -26,9 +26,9 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from reward_edit_pipeline.rewards import DEFAULT_NO_FAILURE_TEXT
+from reward_edit_pipeline.testing import get_dummy_tokenizer
 
 from .world import BACKGROUND_COLOURS, GLOBAL_OPERATIONS, OBJECT_COLOURS, QUADRANTS, SHAPES, STYLE_OPERATIONS
 
@@ -53,10 +53,6 @@ def world_words() -> list[str]:
 
 def build_tokenizer() -> CLIPTokenizer:
     """A CLIP tokenizer (77 tokens) with every byte in the vocabulary and one merge chain per world word."""
-    symbols = list(bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for symbol in symbols + [symbol + "</w>" for symbol in symbols]:
-        vocab[symbol] = len(vocab)
     merges: list[tuple[str, str]] = []
     for word in world_words():
         word = word.lower()
@@ -67,10 +63,7 @@ def build_tokenizer() -> CLIPTokenizer:
             current = current + piece
             if merge not in merges:
                 merges.append(merge)
-            vocab.setdefault(current, len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return get_dummy_tokenizer(merges)
 
 
 def build_text_encoder(tokenizer: CLIPTokenizer, seed: int) -> CLIPTextModel:
