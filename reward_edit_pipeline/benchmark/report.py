@@ -218,6 +218,23 @@ def _table_cells(summary: Mapping[str, Any]) -> list[str]:
     ]
 
 
+COMPARISON_HEADER = ["Type", "Perspective", "Wins", "Ties", "Losses", "Not compared", "Sign test p"]
+
+
+def _comparison_rows(comparison: dict[str, Any]) -> list[list[str]]:
+    """Rows of the per-item wins/ties/losses table (overall, then per edit type), shared by Markdown and HTML."""
+    rows = []
+    for group, tallies in [("all", comparison["overall"]), *comparison["by_type"].items()]:
+        for perspective in PERSPECTIVES:
+            tally = tallies[perspective]
+            p_value = "n/a" if tally["sign_test_p"] is None else f"{tally['sign_test_p']:.3g}"
+            rows.append(
+                [group, perspective, str(tally["wins"]), str(tally["ties"]), str(tally["losses"]),
+                 str(tally["not_compared"]), p_value]
+            )  # fmt: skip
+    return rows
+
+
 def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
@@ -264,16 +281,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     comparison = report.get("comparison")
     if comparison:
         lines += ["", f"## {labels[comparison['a']]} vs {labels[comparison['b']]} (per-item wins/ties/losses)", ""]
-        body = []
-        for group, tallies in [("all", comparison["overall"]), *comparison["by_type"].items()]:
-            for perspective in PERSPECTIVES:
-                tally = tallies[perspective]
-                p_value = "n/a" if tally["sign_test_p"] is None else f"{tally['sign_test_p']:.3g}"
-                body.append(
-                    [group, perspective, str(tally["wins"]), str(tally["ties"]), str(tally["losses"]),
-                     str(tally["not_compared"]), p_value]
-                )  # fmt: skip
-        lines += _markdown_table(["Type", "Perspective", "Wins", "Ties", "Losses", "Not compared", "Sign test p"], body)
+        lines += _markdown_table(COMPARISON_HEADER, _comparison_rows(comparison))
     return "\n".join(lines) + "\n"
 
 
@@ -434,16 +442,7 @@ def render_html(report: Mapping[str, Any], plot_files: Sequence[str] = ()) -> st
     comparison = report.get("comparison")
     if comparison:
         out.append(f"<h2>{esc(labels[comparison['a']])} vs {esc(labels[comparison['b']])}</h2>")
-        body = []
-        for group, tallies in [("all", comparison["overall"]), *comparison["by_type"].items()]:
-            for perspective in PERSPECTIVES:
-                tally = tallies[perspective]
-                p_value = "n/a" if tally["sign_test_p"] is None else f"{tally['sign_test_p']:.3g}"
-                body.append(
-                    [group, perspective, str(tally["wins"]), str(tally["ties"]), str(tally["losses"]),
-                     str(tally["not_compared"]), p_value]
-                )  # fmt: skip
-        out.append(table(["Type", "Perspective", "Wins", "Ties", "Losses", "Not compared", "Sign test p"], body))
+        out.append(table(COMPARISON_HEADER, _comparison_rows(comparison)))
 
     out.append("<h2>Edits</h2><table class='grid'><tr><th>Original</th>")
     out += [f"<th>{esc(labels[slug])}</th>" for slug in slugs]
