@@ -9,7 +9,11 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -118,6 +122,7 @@ def test_comfy_registry_section():
 
     comfy = PYPROJECT["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"]
+    assert PYPROJECT["project"]["urls"]["Repository"].startswith("https://")  # required by the registry
     icon = comfy["Icon"]
     prefix = "https://raw.githubusercontent.com/reward-edit/reward-edit-pipeline/main/"
     assert icon.startswith(prefix) and (ROOT / icon.removeprefix(prefix)).is_file()

@@ -21,6 +21,11 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +83,6 @@ def _module_names(package_files: dict[str, str]) -> list[str]:
 
 
 def _pyproject_version() -> str:
-    import tomllib
-
     return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 
 
@@ -93,8 +96,6 @@ def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
 
 def _pep517_build(kind: str, source_dir: Path, out_dir: Path) -> Path:
     """Call the declared build backend's ``build_sdist``/``build_wheel`` hook in `source_dir` (no isolation)."""
-    import tomllib
-
     backend = tomllib.loads((source_dir / "pyproject.toml").read_text(encoding="utf-8"))["build-system"][
         "build-backend"
     ]
