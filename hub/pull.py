@@ -37,20 +37,24 @@ def download_model(
     files: what every loader of the package downloads); `allow_pickle=True` adds ``*.bin`` weights (only for trusted
     repos). `revision` is a branch, tag or commit hash.
     """
-    from ..pipelines.pipeline_reward_edit import PIPELINE_ALLOW_PATTERNS, download_pipeline_files
+    from ..downloads import PIPELINE_ALLOW_PATTERNS, download_pipeline_files
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
         raise ValueError(f"`repo_id` must look like 'namespace/name', got {repo_id!r}")
     patterns = list(allow_patterns) if allow_patterns is not None else list(PIPELINE_ALLOW_PATTERNS)
     if allow_pickle and allow_patterns is None:
         patterns += PICKLE_WEIGHT_PATTERNS
-    if subfolder:
-        subfolder = subfolder.strip("/")
-        patterns = [f"{subfolder}/{pattern}" for pattern in patterns]
-    snapshot = download_pipeline_files(
-        repo_id, allow_patterns=patterns, revision=revision, local_dir=local_dir, cache_dir=cache_dir, token=token
+    subfolder = subfolder.strip("/") if subfolder else None
+    folder = download_pipeline_files(
+        repo_id,
+        subfolder=subfolder,
+        allow_patterns=patterns,
+        name="repo_id",
+        revision=revision,
+        local_dir=local_dir,
+        cache_dir=cache_dir,
+        token=token,
     )
-    folder = Path(snapshot) / subfolder if subfolder else Path(snapshot)
     if not (folder / "model_index.json").is_file():
         where = f"{repo_id}/{subfolder}" if subfolder else repo_id
         raise FileNotFoundError(
