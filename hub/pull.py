@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-OFFICIAL_MODEL_REPO = "Gstar666/Reward-InsPix2Pix"
-OFFICIAL_STAGE2_SUBFOLDER = "stage2_reward_instruct_pix2pix"
+from ..downloads import OFFICIAL_REPO_ID as OFFICIAL_MODEL_REPO
+from ..downloads import OFFICIAL_STAGE2_FOLDER as OFFICIAL_STAGE2_SUBFOLDER
+
 OFFICIAL_DATASET_REPO = "Gstar666/RewardEdit"
 OFFICIAL_ANNOTATION_FILENAME = "RewardEdit_20K.json"
 

@@ -54,11 +54,6 @@ def test_top_level_help_answers_in_well_under_a_second_without_heavy_imports():
 
 @pytest.mark.parametrize("verb", sorted(VERBS))
 def test_verb_help_imports_no_heavy_library(verb):
-    if verb == "edit":
-        pytest.xfail(
-            "commands/edit.py imports reward_edit_pipeline.loading (torch) for the default model id; the rules "
-            "branch owns both files"
-        )
     report = _help_in_fresh_process(verb)
     assert report["code"] == 0
     assert report["heavy"] == [], f"`reward-edit {verb} --help` imported {report['heavy']}"
