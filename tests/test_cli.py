@@ -168,3 +168,18 @@ def test_python_dash_m_runs_the_same_cli():
         [sys.executable, "-m", "reward_edit_pipeline", "--version"], capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 0 and result.stdout.startswith("reward-edit ")
+
+
+def test_hub_verbs_exit_2_when_the_hub_refuses_the_request_and_1_when_it_fails():
+    from huggingface_hub.errors import HfHubHTTPError
+    from reward_edit_pipeline.hub._common import hub_error_exit_code
+
+    def http_error(status: int) -> HfHubHTTPError:
+        error = HfHubHTTPError.__new__(HfHubHTTPError)  # what huggingface_hub raises for a response of `status`
+        error.response = types.SimpleNamespace(status_code=status)
+        return error
+
+    assert hub_error_exit_code(http_error(401)) == ExitCode.USAGE  # rejected token
+    assert hub_error_exit_code(http_error(404)) == ExitCode.USAGE  # no such repo
+    assert hub_error_exit_code(http_error(503)) == ExitCode.FAILURE  # the Hub is down
+    assert hub_error_exit_code(ConnectionError("no route to host")) == ExitCode.FAILURE
