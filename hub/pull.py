@@ -84,9 +84,6 @@ def pull_model(
     """
     from reward_edit_pipeline import load_pipeline
 
-    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
-        raise ValueError(f"give `dtype` or `torch_dtype` (its older name), not both: got {dtype!r} and {torch_dtype!r}")
-
     folder = download_model(
         repo_id,
         revision=revision,
@@ -96,7 +93,7 @@ def pull_model(
         cache_dir=cache_dir,
         token=token,
     )
-    return load_pipeline(str(folder), device=device, torch_dtype=dtype if dtype is not None else torch_dtype)
+    return load_pipeline(str(folder), device=device, dtype=dtype, torch_dtype=torch_dtype)
 
 
 def pull_official_model(
