@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import FluxTransformer2DModel
+from diffusers import FluxTransformer2DModel, ModelMixin  # noqa: F401  (diffusers' loader looks up ModelMixin here)
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
