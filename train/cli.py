@@ -15,6 +15,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .train import configure_logging, train
 
+    if getattr(args, "backbone", "sd15") != "sd15":  # DiT editors: LoRA + reward modules (train/dit.py)
+        from .dit import train_dit, validate_dit_args
+
+        try:
+            validate_dit_args(args)
+        except ValueError as error:
+            raise SystemExit(f"reward-edit train: error: {error}") from None
+        configure_logging()
+        train_dit(args)
+        return 0
     try:
         validate_args(args)
     except ValueError as error:

@@ -127,11 +127,16 @@ class RewardFluxKontextPipeline(FluxKontextPipeline):
 
     @classmethod
     def from_flux_kontext(
-        cls, pretrained_model_name_or_path: str | os.PathLike, reward_init: str = "zero", **kwargs: Any
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        reward_init: str = "zero",
+        reward_config: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> RewardFluxKontextPipeline:
         """Load a stock FLUX.1 Kontext checkpoint (e.g. the `black-forest-labs/FLUX.1-Kontext-dev` layout) with
-        `FluxKontextPipeline.from_pretrained(..., **kwargs)` and wrap it (`from_base`)."""
-        return cls.from_base(FluxKontextPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs), reward_init)
+        `FluxKontextPipeline.from_pretrained(..., **kwargs)` and wrap it (`from_base(..., **reward_config)`)."""
+        base = FluxKontextPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls.from_base(base, reward_init, **(reward_config or {}))
 
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any):
         """Save as safetensors, loadable by `RewardFluxKontextPipeline.from_pretrained(folder)` and by
