@@ -233,6 +233,9 @@ def test_transformer_refuses_missing_condition_and_replaced_processors(reward_pi
     text_embeds = torch.zeros(1, transformer.config.failure_text_embed_dim)
     with pytest.raises(ValueError, match="exactly|shape"):
         transformer(**inputs, reward_scores=torch.ones(1, 2), failure_text_embeds=text_embeds)
+    three_rows = RewardCondition(transformer.reward_conditioner(scores.expand(3, 3), text_embeds.expand(3, -1)))
+    with pytest.raises(ValueError, match="has 3 rows for a batch of 1"):
+        transformer(**inputs, joint_attention_kwargs={"reward_condition": three_rows})
     processors = transformer.attn_processors
     try:
         transformer.transformer_blocks[0].attn.set_processor(FluxAttnProcessor())

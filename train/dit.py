@@ -438,7 +438,8 @@ def train_dit(args: argparse.Namespace, step_callback: Callable[[int], None] | N
     transformer.save_config(adapter_dir)
     transformer.fuse_lora(lora_scale=1.0)
     transformer.unload_lora()
-    transformer.to(weight_dtype)
+    if weight_dtype != torch.float32:  # the trained float32 weights join the base's dtype in the saved pipeline
+        transformer.to(weight_dtype)
     pipe.save_pretrained(args.output_dir)
     summary = {
         "backbone": args.backbone,
