@@ -11,7 +11,8 @@ text encoders are then moved to the CPU, so only the transformer stays on the ac
 
 Each backbone plugs in through a `DitBackboneAdapter` registered in `BACKBONES` (FLUX.1 Kontext here; the
 Qwen-Image-Edit adapter registers itself the same way). The loop is single-process: one device, deterministic from
-`--seed`, resumable exactly (trainable weights, AdamW state and the random generator are checkpointed as safetensors;
+`--seed` (each micro-batch draws its examples uniformly, with replacement, from a seeded generator; an "epoch" is
+`len(examples) / (batch × accumulation)` steps), resumable exactly (trainable weights, AdamW state and the random generator are checkpointed as safetensors;
 no pickle). Multi-GPU (accelerate) is not implemented for the DiT backbones.
 
 SD-trainer flags that do not apply here (`--use_ema`, `--conditioning_dropout_prob`, `--random_flip`,
@@ -397,7 +398,8 @@ def train_dit(args: argparse.Namespace, step_callback: Callable[[int], None] | N
         logger.info("resumed from %s at step %d", resume, state.global_step)
 
     num_examples = len(examples)
-    total_steps = args.max_train_steps or math.ceil(num_examples / args.train_batch_size) * args.num_train_epochs
+    samples_per_step = args.train_batch_size * args.gradient_accumulation_steps
+    total_steps = args.max_train_steps or math.ceil(num_examples / samples_per_step) * args.num_train_epochs
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=weight_dtype == torch.bfloat16)
     while state.global_step < total_steps:
         optimizer.zero_grad(set_to_none=True)
