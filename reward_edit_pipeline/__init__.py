@@ -16,20 +16,32 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "RewardUNet2DConditionModel": "reward_edit_pipeline.models.unet_2d_reward",
     "LatentRewardAttention": "reward_edit_pipeline.models.unet_2d_reward",
     "RewardEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_edit",
+    "RewardFluxTransformer2DModel": "reward_edit_pipeline.models.transformer_flux_reward",
+    "RewardFluxKontextPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_flux_kontext",
     "load_pipeline": "reward_edit_pipeline.loading",
     # diffusers checks that a component's library module exposes its base classes (see spec/diffusers-loading.md).
     "ModelMixin": "diffusers",
     "DiffusionPipeline": "diffusers",
 }
 
-__all__ = ["RewardUNet2DConditionModel", "LatentRewardAttention", "RewardEditPipeline", "load_pipeline", "__version__"]
+__all__ = [
+    "RewardUNet2DConditionModel",
+    "LatentRewardAttention",
+    "RewardEditPipeline",
+    "RewardFluxTransformer2DModel",
+    "RewardFluxKontextPipeline",
+    "load_pipeline",
+    "__version__",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import DiffusionPipeline, ModelMixin  # noqa: F401
 
     from .loading import load_pipeline
+    from .models.transformer_flux_reward import RewardFluxTransformer2DModel
     from .models.unet_2d_reward import LatentRewardAttention, RewardUNet2DConditionModel
     from .pipelines.pipeline_reward_edit import RewardEditPipeline
+    from .pipelines.pipeline_reward_flux_kontext import RewardFluxKontextPipeline
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,220 @@
+"""What the DiT reward pipelines (FLUX.1 Kontext, Qwen-Image-Edit) share.
+
+- reward inputs → tensors: `prepare_reward_inputs` (scores validated by `reward_edit_pipeline.rewards`, failure text
+  resolved there too) and `encode_unique_texts` (each distinct failure text is encoded once per call);
+- the reward condition handed to a transformer for one call (`RewardCondition`, built once per call by
+  `build_reward_condition`) and the reward-guidance combination (`combine_reward_guidance`);
+- saving and loading: the `model_index.json` rewrite and loader shims that make a saved folder load both with
+  `<PipelineClass>.from_pretrained(folder)` and `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..models.reward_conditioner import RewardConditioner
+from ..models.reward_dit_condition import RewardCondition, combine_reward_guidance, validate_reward_guidance_scale
+from ..rewards import BEST_SCORES, MAX_SCORE, MIN_SCORE, resolve_failure_text, validate_score_triple
+
+PUBLIC_LIBRARY = "reward_edit_pipeline"
+
+__all__ = [
+    "RewardCondition",
+    "RewardInputs",
+    "build_reward_condition",
+    "combine_reward_guidance",
+    "encode_unique_texts",
+    "prepare_reward_inputs",
+    "prepare_reward_scores",
+    "read_saved_model_index",
+    "resolve_failure_texts",
+    "rewrite_saved_model_index",
+    "validate_reward_guidance_scale",
+]
+
+ScoreInput = Sequence[float] | Sequence[Sequence[float]] | torch.Tensor | np.ndarray
+FailureTextInput = str | tuple[str | None, ...] | list[str | tuple[str | None, ...] | None] | None
+
+
+def prepare_reward_scores(reward_scores: ScoreInput, batch_size: int) -> torch.Tensor:
+    """Validate `reward_scores` (a triple, a list of `batch_size` triples, or a `[3]`/`[batch_size, 3]` tensor or
+    array) and return a float32 `[batch_size, 3]` tensor. Nothing is clamped."""
+    if isinstance(reward_scores, (torch.Tensor, np.ndarray)):
+        scores = torch.as_tensor(reward_scores).detach().to("cpu", torch.float64)
+        if scores.ndim == 1:
+            scores = scores.unsqueeze(0)
+        if scores.ndim != 2 or scores.shape[1] != 3 or scores.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"`reward_scores` must have shape [3] or [{batch_size}, 3] (following, preserving, quality), "
+                f"got {tuple(scores.shape)}"
+            )
+        if not torch.isfinite(scores).all() or (scores < MIN_SCORE).any() or (scores > MAX_SCORE).any():
+            raise ValueError(
+                f"`reward_scores` must be finite numbers in [{MIN_SCORE:g}, {MAX_SCORE:g}], got {scores.tolist()}"
+            )
+        rows = [tuple(row) for row in scores.tolist()]
+    elif isinstance(reward_scores, Sequence) and not isinstance(reward_scores, (str, bytes)):
+        if reward_scores and all(
+            isinstance(row, Sequence) and not isinstance(row, (str, bytes)) for row in reward_scores
+        ):
+            if len(reward_scores) != batch_size:
+                raise ValueError(
+                    f"`reward_scores` has {len(reward_scores)} triples but the batch has {batch_size} prompts"
+                )
+            rows = [validate_score_triple(row, name=f"reward_scores[{i}]") for i, row in enumerate(reward_scores)]
+        else:
+            rows = [validate_score_triple(reward_scores)]
+    else:
+        raise TypeError(
+            "`reward_scores` must be a triple (following, preserving, quality), a list of triples, or a tensor "
+            f"of shape [3] / [batch, 3]; got {type(reward_scores).__name__}"
+        )
+    scores = torch.tensor(rows, dtype=torch.float32)
+    return scores.expand(batch_size, 3).clone() if scores.shape[0] == 1 else scores
+
+
+def resolve_failure_texts(failure_text: FailureTextInput, batch_size: int, no_failure_text: str) -> list[str]:
+    """One failure-text string per prompt: a list gives one entry per prompt, anything else applies to all."""
+    if isinstance(failure_text, list):
+        if len(failure_text) != batch_size:
+            raise ValueError(
+                f"`failure_text` as a list needs one entry per prompt ({batch_size}), got {len(failure_text)}; "
+                "pass a tuple for per-perspective texts (following, preserving, quality)"
+            )
+        return [resolve_failure_text(entry, no_failure_text) for entry in failure_text]
+    return [resolve_failure_text(failure_text, no_failure_text)] * batch_size
+
+
+@dataclass(frozen=True)
+class RewardInputs:
+    """Validated reward inputs of one pipeline call (one row per prompt)."""
+
+    reward_scores: torch.Tensor  # [batch, 3] float32
+    failure_texts: list[str]
+    use_null_reward: bool
+    reward_guidance_scale: float
+
+
+def prepare_reward_inputs(
+    reward_scores: ScoreInput | None,
+    failure_text: FailureTextInput,
+    reward_guidance_scale: float,
+    batch_size: int,
+    no_failure_text: str,
+) -> RewardInputs:
+    """Validate the user's reward arguments (the same meaning as in `RewardEditPipeline`).
+
+    `reward_scores=None` selects the null reward condition; it takes no failure text and no reward guidance.
+    """
+    reward_guidance_scale = validate_reward_guidance_scale(reward_guidance_scale)
+    use_null_reward = reward_scores is None
+    if use_null_reward:
+        if failure_text is not None or reward_guidance_scale > 1.0:
+            raise ValueError(
+                "`reward_scores=None` selects the null reward condition: it takes no `failure_text` and no "
+                "`reward_guidance_scale` > 1"
+            )
+        reward_scores = BEST_SCORES  # placeholder values, masked out by the null condition
+    return RewardInputs(
+        reward_scores=prepare_reward_scores(reward_scores, batch_size),
+        failure_texts=resolve_failure_texts(failure_text, batch_size, no_failure_text),
+        use_null_reward=use_null_reward,
+        reward_guidance_scale=reward_guidance_scale,
+    )
+
+
+def encode_unique_texts(texts: Sequence[str], encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+    """`encode` each distinct text once (in first-seen order) and return one row per entry of `texts`."""
+    unique_texts = list(dict.fromkeys(texts))
+    embeddings = encode(unique_texts)
+    if embeddings.shape[0] != len(unique_texts):
+        raise RuntimeError(f"text encoding returned {embeddings.shape[0]} rows for {len(unique_texts)} texts")
+    index = torch.tensor([unique_texts.index(text) for text in texts], device=embeddings.device)
+    return embeddings.index_select(0, index)
+
+
+def build_reward_condition(
+    conditioner: RewardConditioner,
+    inputs: RewardInputs,
+    failure_text_embeds: torch.Tensor,
+    num_images_per_prompt: int,
+    device: torch.device,
+) -> RewardCondition:
+    """Run the conditioner once for the whole call: one row per generated image (prompt-major order, as the
+    pipelines repeat prompt embeddings), plus the null condition when reward guidance is on."""
+    scores = inputs.reward_scores.to(device).repeat_interleave(num_images_per_prompt, dim=0)
+    text_embeds = failure_text_embeds.to(device).repeat_interleave(num_images_per_prompt, dim=0)
+    rows = scores.shape[0]
+    null_mask = torch.full((rows,), inputs.use_null_reward, dtype=torch.bool, device=device)
+    embeddings = conditioner(scores, text_embeds, null_mask if inputs.use_null_reward else None)
+    null_embeddings = None
+    if inputs.reward_guidance_scale > 1.0:
+        null_embeddings = conditioner(scores, text_embeds, torch.ones(rows, dtype=torch.bool, device=device))
+    return RewardCondition(embeddings, null_embeddings, inputs.reward_guidance_scale)
+
+
+# ---------------------------------------------------------------------------------------------- saving and loading
+LOADER_SHIM_TEMPLATE = '''"""Loader shim for `diffusers.DiffusionPipeline.from_pretrained(<this folder or repo>, trust_remote_code=True)`.
+
+It only imports the installed package (`pip install reward-edit-pipeline`); it downloads and runs no other code.
+`reward_edit_pipeline.{class_name}.from_pretrained(...)` loads this folder without executing this file.
+"""
+
+from reward_edit_pipeline import {class_name}
+
+__all__ = ["{class_name}"]
+'''
+
+COMPONENT_SHIM_TEMPLATE = '''"""Loader shim for `DiffusionPipeline.from_pretrained(<this repo>, trust_remote_code=True)`: diffusers needs a
+`<component>/reward_edit_pipeline.py` for a component whose class comes from the installed `reward-edit-pipeline`
+package. It holds no model code; the package's own `from_pretrained` never runs it.
+"""
+
+from reward_edit_pipeline import {class_name}  # noqa: F401
+'''
+
+
+def rewrite_saved_model_index(
+    save_directory: str | os.PathLike, pipeline_class_name: str, loader_stem: str, package_classes: dict[str, type]
+) -> None:
+    """After `DiffusionPipeline.save_pretrained`: name the pipeline `[loader_stem, class]` and this package's
+    components `["reward_edit_pipeline", class]`, and write the loader shims those entries need."""
+    index_path = os.path.join(save_directory, "model_index.json")
+    with open(index_path, encoding="utf-8") as handle:
+        model_index = json.load(handle)
+    model_index["_class_name"] = [loader_stem, pipeline_class_name]
+    for name, entry in model_index.items():
+        if isinstance(entry, list) and len(entry) == 2 and entry[1] in package_classes:
+            model_index[name] = [PUBLIC_LIBRARY, entry[1]]
+    with open(index_path, "w", encoding="utf-8") as handle:
+        json.dump(model_index, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    with open(os.path.join(save_directory, f"{loader_stem}.py"), "w", encoding="utf-8") as handle:
+        handle.write(LOADER_SHIM_TEMPLATE.format(class_name=pipeline_class_name))
+    for name, entry in model_index.items():
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] == PUBLIC_LIBRARY:
+            with open(os.path.join(save_directory, name, f"{PUBLIC_LIBRARY}.py"), "w", encoding="utf-8") as handle:
+                handle.write(COMPONENT_SHIM_TEMPLATE.format(class_name=entry[1]))
+
+
+def read_saved_model_index(
+    config: dict[str, Any], pipeline_class_name: str, loader_stem: str, package_classes: dict[str, type]
+) -> dict[str, Any]:
+    """Inverse of `rewrite_saved_model_index` for loading through the pipeline class itself (no remote code):
+    the pipeline class name is read back plainly and each package component points at its defining module."""
+    class_name = config.get("_class_name")
+    if isinstance(class_name, (list, tuple)) and list(class_name) == [loader_stem, pipeline_class_name]:
+        config["_class_name"] = pipeline_class_name
+    for name, entry in config.items():
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] == PUBLIC_LIBRARY and isinstance(entry[1], str):
+            component_class = package_classes.get(entry[1])
+            if component_class is not None:
+                config[name] = [component_class.__module__, entry[1]]
+    return config
