@@ -18,6 +18,9 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "RewardEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_edit",
     "RewardFluxTransformer2DModel": "reward_edit_pipeline.models.transformer_flux_reward",
     "RewardFluxKontextPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_flux_kontext",
+    "RewardQwenImageTransformer2DModel": "reward_edit_pipeline.models.transformer_qwenimage_reward",
+    "RewardQwenImageEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
+    "RewardQwenImageEditPlusPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
     "load_pipeline": "reward_edit_pipeline.loading",
     # diffusers checks that a component's library module exposes its base classes (see spec/diffusers-loading.md).
     "ModelMixin": "diffusers",
@@ -30,6 +33,9 @@ __all__ = [
     "RewardEditPipeline",
     "RewardFluxTransformer2DModel",
     "RewardFluxKontextPipeline",
+    "RewardQwenImageTransformer2DModel",
+    "RewardQwenImageEditPipeline",
+    "RewardQwenImageEditPlusPipeline",
     "load_pipeline",
     "__version__",
 ]
@@ -39,9 +45,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .loading import load_pipeline
     from .models.transformer_flux_reward import RewardFluxTransformer2DModel
+    from .models.transformer_qwenimage_reward import RewardQwenImageTransformer2DModel
     from .models.unet_2d_reward import LatentRewardAttention, RewardUNet2DConditionModel
     from .pipelines.pipeline_reward_edit import RewardEditPipeline
     from .pipelines.pipeline_reward_flux_kontext import RewardFluxKontextPipeline
+    from .pipelines.pipeline_reward_qwenimage_edit import (
+        RewardQwenImageEditPipeline,
+        RewardQwenImageEditPlusPipeline,
+    )
 
 
 def __getattr__(name: str) -> Any:

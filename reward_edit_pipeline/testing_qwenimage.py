@@ -164,3 +164,41 @@ def get_dummy_qwen_base_components(seed: int = 0, zero_cond_t: bool = False) -> 
         "processor": get_dummy_qwen_processor(tokenizer),
         "transformer": get_dummy_qwenimage_transformer(seed, zero_cond_t),
     }
+
+
+TINY_REFERENCE_AREA = 32 * 32
+
+
+def randomize_reward_modules(transformer: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
+    """Give the (zero-initialised) reward modules random weights, as a trained model would have nonzero ones."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in transformer.reward_parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+            parameter.add_(noise.to(parameter.device) * std)
+
+
+def make_dummy_qwen_edit_pipeline(
+    plus: bool = False, seed: int = 0, reward_init: str = "zero", randomize_rewards: bool = False
+):
+    """A tiny `RewardQwenImageEditPipeline` (or the Plus variant, with `zero_cond_t` as in -2511) wrapping the tiny
+    stock pipeline, with 32×32 reference areas so that a 2-step 32×32 edit runs in about a second or two on a CPU."""
+    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+
+    from .pipelines.pipeline_reward_qwenimage_edit import RewardQwenImageEditPipeline, RewardQwenImageEditPlusPipeline
+
+    stock_class = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
+    reward_class = RewardQwenImageEditPlusPipeline if plus else RewardQwenImageEditPipeline
+    stock = stock_class(**get_dummy_qwen_base_components(seed, zero_cond_t=plus))
+    pipe = reward_class.from_base(stock, reward_init=reward_init, reward_token_dim=24, reward_sinusoid_dim=32)
+    if randomize_rewards:
+        randomize_reward_modules(pipe.transformer, seed)
+    pipe.vae_image_area = TINY_REFERENCE_AREA
+    pipe.condition_image_area = TINY_REFERENCE_AREA
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def dummy_qwen_edit_call_kwargs() -> dict[str, Any]:
+    """Call arguments of a fast tiny edit (2 steps, 32×32, no true CFG, numpy output)."""
+    return {"num_inference_steps": 2, "height": 32, "width": 32, "true_cfg_scale": 1.0, "output_type": "np"}
