@@ -25,6 +25,15 @@ from reward_edit_pipeline.testing_dit import (
 PROMPT = "make the hat red"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    """One intra-op thread: tiny models on a shared CPU run far faster without spinning OpenMP threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def image() -> PIL.Image.Image:
     pixels = np.random.RandomState(0).randint(0, 256, size=(32, 32, 3), dtype=np.uint8)
@@ -89,6 +98,9 @@ def test_rewards_change_the_output(reward_pipe, image):
     best = edit(reward_pipe, image)
     assert np.array_equal(best, edit(reward_pipe, image)), "same seed, same rewards must repeat exactly"
     assert np.array_equal(best, edit(reward_pipe, image, reward_scores=(5, 5, 5), failure_text=None))
+    # the package's rules: "" / blank / all-None per-perspective texts mean "no failure text"; scores may be text
+    assert np.array_equal(best, edit(reward_pipe, image, reward_scores="5,5,5", failure_text="  "))
+    assert np.array_equal(best, edit(reward_pipe, image, failure_text=(None, "", None)))
     lower = edit(reward_pipe, image, reward_scores=(5, 1, 5))
     with_failure = edit(reward_pipe, image, failure_text=("the hat is still blue", None, None))
     null = edit(reward_pipe, image, reward_scores=None)
@@ -194,7 +206,11 @@ def test_stock_folder_is_refused_and_wrapped_by_from_flux_kontext(image, tmp_pat
         ({"reward_scores": (5, 6, 5)}, r"preserving score must be a finite number in \[0, 5\]"),
         ({"reward_scores": (5, 5)}, "exactly 3 values"),
         ({"reward_scores": [(5, 5, 5), (5, 5, 5)]}, "2 triples but the batch has 1"),
-        ({"reward_scores": torch.tensor([5.0, float("nan"), 5.0])}, "finite numbers in"),
+        (
+            {"reward_scores": torch.tensor([5.0, float("nan"), 5.0])},
+            r"preserving score must be a finite number in \[0, 5\]",
+        ),
+        ({"reward_scores": "5,5"}, "exactly 3 values"),
         ({"reward_guidance_scale": 0.5}, r"`reward_guidance_scale` must be a finite number >= 1"),
         ({"reward_scores": None, "failure_text": "x"}, "null reward condition"),
         ({"failure_text": ("a", "b")}, "3 entries"),

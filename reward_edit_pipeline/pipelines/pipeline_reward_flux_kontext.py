@@ -9,9 +9,10 @@ import torch
 from diffusers import FluxKontextPipeline
 from diffusers.utils import logging
 
+from ..downloads import DOWNLOAD_KWARGS, download_pipeline_files
 from ..models.transformer_flux_reward import RewardFluxTransformer2DModel
 from ..rewards import BEST_SCORES
-from .pipeline_reward_edit import _DOWNLOAD_KWARGS, download_pipeline_files
+from .pipeline_reward_edit import _normalize_dtype_kwarg
 from .reward_dit_common import (
     FailureTextInput,
     RewardCondition,
@@ -94,9 +95,11 @@ class RewardFluxKontextPipeline(FluxKontextPipeline):
         cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
     ) -> RewardFluxKontextPipeline:
         """Load a saved `RewardFluxKontextPipeline` folder or Hub repo id (configs, safetensors and tokenizer files
-        only). A stock FLUX.1 Kontext checkpoint is refused with a pointer to `from_flux_kontext`."""
+        only). The loading dtype may be given as `dtype=` or `torch_dtype=`. A stock FLUX.1 Kontext checkpoint is
+        refused with a pointer to `from_flux_kontext`."""
+        _normalize_dtype_kwarg(kwargs)
         if not os.path.isdir(pretrained_model_name_or_path):
-            download_kwargs = {key: kwargs.pop(key) for key in _DOWNLOAD_KWARGS if key in kwargs}
+            download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(
                 str(pretrained_model_name_or_path), **download_kwargs
             )
@@ -127,11 +130,17 @@ class RewardFluxKontextPipeline(FluxKontextPipeline):
 
     @classmethod
     def from_flux_kontext(
-        cls, pretrained_model_name_or_path: str | os.PathLike, reward_init: str = "zero", **kwargs: Any
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        reward_init: str = "zero",
+        reward_config: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> RewardFluxKontextPipeline:
         """Load a stock FLUX.1 Kontext checkpoint (e.g. the `black-forest-labs/FLUX.1-Kontext-dev` layout) with
-        `FluxKontextPipeline.from_pretrained(..., **kwargs)` and wrap it (`from_base`)."""
-        return cls.from_base(FluxKontextPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs), reward_init)
+        `FluxKontextPipeline.from_pretrained(..., **kwargs)` and wrap it (`from_base(..., **reward_config)`)."""
+        _normalize_dtype_kwarg(kwargs)
+        base = FluxKontextPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls.from_base(base, reward_init, **(reward_config or {}))
 
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any):
         """Save as safetensors, loadable by `RewardFluxKontextPipeline.from_pretrained(folder)` and by

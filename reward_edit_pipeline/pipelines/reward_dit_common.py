@@ -21,7 +21,7 @@ import torch
 
 from ..models.reward_conditioner import RewardConditioner
 from ..models.reward_dit_condition import RewardCondition, combine_reward_guidance, validate_reward_guidance_scale
-from ..rewards import BEST_SCORES, MAX_SCORE, MIN_SCORE, resolve_failure_text, validate_score_triple
+from ..rewards import BEST_SCORES, parse_reward_scores, resolve_failure_text
 
 PUBLIC_LIBRARY = "reward_edit_pipeline"
 
@@ -44,44 +44,17 @@ FailureTextInput = str | tuple[str | None, ...] | list[str | tuple[str | None, .
 
 
 def prepare_reward_scores(reward_scores: ScoreInput, batch_size: int) -> torch.Tensor:
-    """Validate `reward_scores` (a triple, a list of `batch_size` triples, or a `[3]`/`[batch_size, 3]` tensor or
-    array) and return a float32 `[batch_size, 3]` tensor. Nothing is clamped."""
-    if isinstance(reward_scores, (torch.Tensor, np.ndarray)):
-        scores = torch.as_tensor(reward_scores).detach().to("cpu", torch.float64)
-        if scores.ndim == 1:
-            scores = scores.unsqueeze(0)
-        if scores.ndim != 2 or scores.shape[1] != 3 or scores.shape[0] not in (1, batch_size):
-            raise ValueError(
-                f"`reward_scores` must have shape [3] or [{batch_size}, 3] (following, preserving, quality), "
-                f"got {tuple(scores.shape)}"
-            )
-        if not torch.isfinite(scores).all() or (scores < MIN_SCORE).any() or (scores > MAX_SCORE).any():
-            raise ValueError(
-                f"`reward_scores` must be finite numbers in [{MIN_SCORE:g}, {MAX_SCORE:g}], got {scores.tolist()}"
-            )
-        rows = [tuple(row) for row in scores.tolist()]
-    elif isinstance(reward_scores, Sequence) and not isinstance(reward_scores, (str, bytes)):
-        if reward_scores and all(
-            isinstance(row, Sequence) and not isinstance(row, (str, bytes)) for row in reward_scores
-        ):
-            if len(reward_scores) != batch_size:
-                raise ValueError(
-                    f"`reward_scores` has {len(reward_scores)} triples but the batch has {batch_size} prompts"
-                )
-            rows = [validate_score_triple(row, name=f"reward_scores[{i}]") for i, row in enumerate(reward_scores)]
-        else:
-            rows = [validate_score_triple(reward_scores)]
-    else:
-        raise TypeError(
-            "`reward_scores` must be a triple (following, preserving, quality), a list of triples, or a tensor "
-            f"of shape [3] / [batch, 3]; got {type(reward_scores).__name__}"
-        )
-    scores = torch.tensor(rows, dtype=torch.float32)
-    return scores.expand(batch_size, 3).clone() if scores.shape[0] == 1 else scores
+    """Validate `reward_scores` with `reward_edit_pipeline.rewards.parse_reward_scores` (a triple, a text such as
+    ``"5,5,5"``, a list of `batch_size` triples, or an array/tensor `[3]`/`[batch_size, 3]`; values in [0, 5], nothing
+    clamped) and return a float32 `[batch_size, 3]` tensor."""
+    return torch.tensor(
+        parse_reward_scores(reward_scores, batch_size=batch_size, name="reward_scores"), dtype=torch.float32
+    )
 
 
 def resolve_failure_texts(failure_text: FailureTextInput, batch_size: int, no_failure_text: str) -> list[str]:
-    """One failure-text string per prompt: a list gives one entry per prompt, anything else applies to all."""
+    """One failure-text string per prompt (`reward_edit_pipeline.rewards.resolve_failure_text`: `None`, `""` or blank
+    → `no_failure_text`); a list gives one entry per prompt, anything else applies to all."""
     if isinstance(failure_text, list):
         if len(failure_text) != batch_size:
             raise ValueError(
