@@ -12,6 +12,8 @@ With `vae_image_area = condition_image_area = 32 * 32` a 2-step, 32×32 edit run
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -202,3 +204,12 @@ def make_dummy_qwen_edit_pipeline(
 def dummy_qwen_edit_call_kwargs() -> dict[str, Any]:
     """Call arguments of a fast tiny edit (2 steps, 32×32, no true CFG, numpy output)."""
     return {"num_inference_steps": 2, "height": 32, "width": 32, "true_cfg_scale": 1.0, "output_type": "np"}
+
+
+def save_dummy_qwen_edit_folder(path: str | os.PathLike, plus: bool = False, seed: int = 0) -> Path:
+    """Save a tiny *stock* `QwenImageEditPipeline` (or `QwenImageEditPlusPipeline` with `zero_cond_t`) folder."""
+    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+
+    stock_class = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
+    stock_class(**get_dummy_qwen_base_components(seed, zero_cond_t=plus)).save_pretrained(path)
+    return Path(path)

@@ -27,9 +27,10 @@ from diffusers.pipelines.qwenimage.pipeline_output import QwenImagePipelineOutpu
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_shift, retrieve_timesteps
 from diffusers.utils import logging
 
+from ..downloads import DOWNLOAD_KWARGS, download_pipeline_files
 from ..models.transformer_qwenimage_reward import REWARD_CONDITION_KEY, RewardQwenImageTransformer2DModel
 from ..rewards import BEST_SCORES
-from .pipeline_reward_edit import _DOWNLOAD_KWARGS, download_pipeline_files
+from .pipeline_reward_edit import _normalize_dtype_kwarg
 from .reward_dit_common import (
     FailureTextInput,
     RewardCondition,
@@ -99,9 +100,11 @@ class _RewardQwenImageEditMixin:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Load a saved reward Qwen-Image-Edit folder or Hub repo id (configs, safetensors and tokenizer files only).
-        A stock Qwen-Image-Edit checkpoint is refused with a pointer to `from_qwen_image_edit`."""
+        The loading dtype may be given as `dtype=` or `torch_dtype=`. A stock Qwen-Image-Edit checkpoint is refused
+        with a pointer to `from_qwen_image_edit`."""
+        _normalize_dtype_kwarg(kwargs)
         if not os.path.isdir(pretrained_model_name_or_path):
-            download_kwargs = {key: kwargs.pop(key) for key in _DOWNLOAD_KWARGS if key in kwargs}
+            download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(
                 str(pretrained_model_name_or_path), **download_kwargs
             )
@@ -132,13 +135,18 @@ class _RewardQwenImageEditMixin:
 
     @classmethod
     def from_qwen_image_edit(
-        cls, pretrained_model_name_or_path: str | os.PathLike, reward_init: str = "zero", **kwargs: Any
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        reward_init: str = "zero",
+        reward_config: dict[str, Any] | None = None,
+        **kwargs: Any,
     ):
         """Load a stock Qwen-Image-Edit checkpoint (`Qwen/Qwen-Image-Edit` layout for `RewardQwenImageEditPipeline`,
         `-2509`/`-2511` for the Plus pipeline) with the stock pipeline's `from_pretrained(..., **kwargs)` and wrap
-        it (`from_base`)."""
+        it (`from_base(..., **reward_config)`)."""
+        _normalize_dtype_kwarg(kwargs)
         stock = cls.stock_pipeline_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return cls.from_base(stock, reward_init)
+        return cls.from_base(stock, reward_init, **(reward_config or {}))
 
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any):
         """Save as safetensors, loadable by `<this class>.from_pretrained(folder)` and by
