@@ -364,17 +364,16 @@ def train_dit(args: argparse.Namespace, step_callback: Callable[[int], None] | N
     torch.manual_seed(args.seed)  # initialisation of new reward modules and LoRA weights
     pipe = adapter.load_pipeline(args, weight_dtype)
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
+    encoders = [name for name in ("vae", "text_encoder", "text_encoder_2") if getattr(pipe, name, None) is not None]
+    for name in encoders:  # encoders on the device while caching; the transformer joins only afterwards
+        getattr(pipe, name).to(device)
     started = time.perf_counter()
     with torch.no_grad():
         cache = adapter.encode_examples(pipe, examples, args.resolution, device)
     logger.info("encoded %d examples in %.1fs", len(examples), time.perf_counter() - started)
-    for name in ("vae", "text_encoder", "text_encoder_2"):  # only the transformer stays on the device
-        module = getattr(pipe, name, None)
-        if module is not None:
-            module.to("cpu")
-
-    transformer = pipe.transformer
+    for name in encoders:
+        getattr(pipe, name).to("cpu")
+    transformer = pipe.transformer.to(device)
     torch.manual_seed(args.seed)
     trainable = setup_trainable(transformer, adapter, args.lora_rank, args.lora_alpha)
     transformer.train()
