@@ -241,3 +241,37 @@ def test_transformer_refuses_missing_condition_and_replaced_processors(reward_pi
     finally:
         transformer.set_attn_processor(processors)
     assert isinstance(transformer.transformer_blocks[0].attn.processor, FluxRewardAttnProcessor)
+
+
+def test_load_pipeline_and_edit_cli_accept_flux_folders(reward_pipe, image, tmp_path, caplog):
+    from reward_edit_pipeline.cli import main as cli_main
+    from reward_edit_pipeline.loading import detect_layout, load_pipeline
+    from reward_edit_pipeline.pipelines.reward_dit_common import run_edit
+
+    reward_pipe.save_pretrained(tmp_path / "reward")
+    stock_folder = save_dummy_flux_kontext_folder(tmp_path / "stock", seed=0)
+    assert detect_layout(tmp_path / "reward") == "reward-dit"
+    assert detect_layout(stock_folder) == "stock-dit"
+    loaded = load_pipeline(tmp_path / "reward", device="cpu")
+    assert type(loaded) is RewardFluxKontextPipeline
+    with caplog.at_level("WARNING"):
+        wrapped = load_pipeline(stock_folder, device="cpu")
+    assert isinstance(wrapped.transformer, RewardFluxTransformer2DModel) and "zero-initialised" in caplog.text
+
+    loaded.set_progress_bar_config(disable=True)
+    odd = image.resize((40, 36))  # not a multiple of 16: edited at 32x32, returned at the input size
+    edited = run_edit(loaded, PROMPT, odd, num_inference_steps=2, image_guidance_scale=1.5).images[0]
+    assert edited.size == (40, 36)
+
+    image.save(tmp_path / "in.png")
+    argv = [
+        "edit",
+        str(tmp_path / "in.png"),
+        PROMPT,
+        "-o",
+        str(tmp_path / "out.png"),
+        "--model",
+        str(tmp_path / "reward"),
+    ]
+    assert cli_main([*argv, "--steps", "2", "--guidance", "2.5", "--scores", "5,3,5", "--device", "cpu"]) == 0
+    assert PIL.Image.open(tmp_path / "out.png").size == (32, 32)

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..images import load_rgb_image, shrink_to_max_side
     from ..loading import HubUnavailableError, load_pipeline
+    from ..pipelines.reward_dit_common import run_edit
 
     if args.max_side < 0:
         print(f"error: --max-side must be >= 0, got {args.max_side}", file=sys.stderr)
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     try:
-        result = pipe(
+        result = run_edit(  # one call for the SD and the DiT reward pipelines
+            pipe,
             args.instruction,
             image,
             reward_scores=args.scores,

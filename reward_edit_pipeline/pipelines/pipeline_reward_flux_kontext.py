@@ -60,6 +60,9 @@ class RewardFluxKontextPipeline(FluxKontextPipeline):
     the requested reward condition.
     """
 
+    #: marks the DiT call convention (`image`, then `prompt`; no image guidance) for `reward_dit_common.run_edit`
+    is_dit_reward_pipeline = True
+
     def __init__(
         self,
         scheduler,
@@ -181,6 +184,16 @@ class RewardFluxKontextPipeline(FluxKontextPipeline):
         return build_reward_condition(
             self.transformer.reward_conditioner, inputs, failure_text_embeds, num_images_per_prompt, device
         )
+
+    def input_size_call_kwargs(self, image: Any) -> dict[str, Any]:
+        """Call arguments that edit at the input image's size (rounded down to a multiple of 16) instead of the
+        stock behaviour (resize to a preferred ~1 megapixel Kontext resolution). Used by `run_edit` (CLI, benchmark)."""
+        width, height = (
+            image.size if hasattr(image, "size") and isinstance(image.size, tuple) else image.shape[-2:][::-1]
+        )
+        multiple = self.vae_scale_factor * 2
+        width, height = max(multiple, width // multiple * multiple), max(multiple, height // multiple * multiple)
+        return {"height": height, "width": width, "max_area": height * width, "_auto_resize": False}
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from ..models.reward_dit_condition import RewardCondition, combine_reward_guidan
 from ..rewards import BEST_SCORES, parse_reward_scores, resolve_failure_text
 
 PUBLIC_LIBRARY = "reward_edit_pipeline"
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "RewardCondition",
@@ -36,6 +38,7 @@ __all__ = [
     "read_saved_model_index",
     "resolve_failure_texts",
     "rewrite_saved_model_index",
+    "run_edit",
     "validate_reward_guidance_scale",
 ]
 
@@ -191,3 +194,64 @@ def read_saved_model_index(
             if component_class is not None:
                 config[name] = [component_class.__module__, entry[1]]
     return config
+
+
+# ---------------------------------------------------------------------------------------------- front ends
+def run_edit(
+    pipe: Any,
+    instruction: str,
+    image: Any,
+    *,
+    reward_scores: ScoreInput | None = BEST_SCORES,
+    failure_text: FailureTextInput = None,
+    num_inference_steps: int = 30,
+    guidance_scale: float | None = None,
+    image_guidance_scale: float | None = None,
+    reward_guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Any:
+    """One edit through any reward pipeline (the SD `RewardEditPipeline` or a DiT one), for the CLI and benchmark.
+
+    SD (any pipeline without the class attribute `is_dit_reward_pipeline = True`): the arguments are passed as they
+    are (prompt first). DiT editors (image first, then prompt): `guidance_scale` is their own
+    guidance (`None` keeps the pipeline's default), `image_guidance_scale` does not exist for them (a value is
+    logged and not used); the edit runs at the input size when the pipeline offers `input_size_call_kwargs` (FLUX.1
+    Kontext: rounded down to a multiple of 16), and the edited PIL image is resized (Lanczos) back to the input size
+    when it differs. Returns the pipeline's output object.
+    """
+    if not getattr(pipe, "is_dit_reward_pipeline", False):
+        return pipe(
+            instruction,
+            image=image,
+            reward_scores=reward_scores,
+            failure_text=failure_text,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=7.5 if guidance_scale is None else guidance_scale,
+            image_guidance_scale=1.5 if image_guidance_scale is None else image_guidance_scale,
+            reward_guidance_scale=reward_guidance_scale,
+            generator=generator,
+        )
+    if image_guidance_scale is not None:
+        logger.info(
+            "%s has no image guidance; image_guidance_scale=%s is not used", type(pipe).__name__, image_guidance_scale
+        )
+    extra = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+    if hasattr(pipe, "input_size_call_kwargs"):
+        extra.update(pipe.input_size_call_kwargs(image))
+    output = pipe(
+        image=image,
+        prompt=instruction,
+        reward_scores=reward_scores,
+        failure_text=failure_text,
+        reward_guidance_scale=reward_guidance_scale,
+        num_inference_steps=num_inference_steps,
+        generator=generator,
+        output_type="pil",
+        **extra,
+    )
+    size = getattr(image, "size", None)
+    if isinstance(size, tuple) and output.images and output.images[0].size != size:
+        import PIL.Image
+
+        output.images = [edited.resize(size, PIL.Image.Resampling.LANCZOS) for edited in output.images]
+    return output
