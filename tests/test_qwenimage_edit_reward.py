@@ -31,6 +31,7 @@ from reward_edit_pipeline.testing_qwenimage import (
     get_dummy_qwenimage_transformer_config,
     make_dummy_qwen_edit_pipeline,
     randomize_reward_modules,
+    save_dummy_qwen_edit_folder,
 )
 
 PROMPT = "make the hat red"
@@ -245,6 +246,8 @@ def test_reference_image_areas_are_attributes(image, monkeypatch):
     pipe.vae_image_area = 16
     with pytest.raises(ValueError, match="`vae_image_area` must be an int number of pixels >= 1024"):
         edit(pipe, image)
+    with pytest.raises(ValueError, match="`condition_image_area` must be an int number of pixels"):
+        RewardQwenImageEditPlusPipeline(**get_dummy_qwen_base_components(seed=0), condition_image_area=10.5)
 
 
 def test_save_load_round_trips_both_ways(reward_plus_pipe, image, tmp_path):
@@ -264,7 +267,7 @@ def test_save_load_round_trips_both_ways(reward_plus_pipe, image, tmp_path):
         assert pipe.transformer.config.zero_cond_t
         assert all(torch.equal(tensor, state[name]) for name, tensor in pipe.transformer.state_dict().items())
         pipe.set_progress_bar_config(disable=True)
-        pipe.vae_image_area = pipe.condition_image_area = TINY_REFERENCE_AREA
+        assert (pipe.vae_image_area, pipe.condition_image_area) == (TINY_REFERENCE_AREA, TINY_REFERENCE_AREA)
         # Weights round-trip exactly (above); the edit agrees up to float noise, not bit for bit: with torchvision
         # installed transformers reloads the PIL image processor as its torchvision twin (a slightly different
         # resize of the vision-language prompt image), and the reloaded text encoder may pick another attention
@@ -334,3 +337,38 @@ def test_transformer_refuses_missing_condition_and_replaced_processors(reward_pi
     finally:
         transformer.set_attn_processor(processors)
     assert isinstance(transformer.transformer_blocks[0].attn.processor, QwenRewardDoubleStreamAttnProcessor)
+
+
+def test_load_pipeline_and_edit_cli_accept_qwen_folders(reward_pipe, image, tmp_path, caplog):
+    from reward_edit_pipeline.cli import main as cli_main
+    from reward_edit_pipeline.loading import detect_layout, load_pipeline
+    from reward_edit_pipeline.pipelines.reward_dit_common import run_edit
+
+    reward_pipe.save_pretrained(tmp_path / "reward")  # reference areas (32²) are saved with the folder
+    stock_folder = save_dummy_qwen_edit_folder(tmp_path / "stock", plus=True)
+    assert detect_layout(tmp_path / "reward") == "reward-dit"
+    assert detect_layout(stock_folder) == "stock-dit"
+    loaded = load_pipeline(tmp_path / "reward", device="cpu")
+    assert type(loaded) is RewardQwenImageEditPipeline and loaded.vae_image_area == TINY_REFERENCE_AREA
+    with caplog.at_level("WARNING"):
+        wrapped = load_pipeline(stock_folder, device="cpu")
+    assert type(wrapped) is RewardQwenImageEditPlusPipeline and "zero-initialised" in caplog.text
+    assert wrapped.transformer.config.zero_cond_t
+
+    loaded.set_progress_bar_config(disable=True)
+    odd = image.resize((40, 36))  # not a multiple of 16: edited at 32×32, returned at the input size
+    edited = run_edit(loaded, PROMPT, odd, num_inference_steps=2, image_guidance_scale=1.5).images[0]
+    assert edited.size == (40, 36)
+
+    image.save(tmp_path / "in.png")
+    argv = [
+        "edit",
+        str(tmp_path / "in.png"),
+        PROMPT,
+        "-o",
+        str(tmp_path / "out.png"),
+        "--model",
+        str(tmp_path / "reward"),
+    ]
+    assert cli_main([*argv, "--steps", "2", "--scores", "5,3,5", "--device", "cpu"]) == 0
+    assert PIL.Image.open(tmp_path / "out.png").size == (32, 32)

@@ -86,10 +86,20 @@ class _RewardQwenImageEditMixin:
     loader_module_stem: str
     stock_pipeline_class: type
     default_condition_image_area: int
+    #: marks the DiT call convention (`image`, then `prompt`; no image guidance) for `reward_dit_common.run_edit`
+    is_dit_reward_pipeline = True
 
-    def _init_reference_areas(self) -> None:
-        self.vae_image_area: int = STOCK_VAE_IMAGE_AREA
-        self.condition_image_area: int = self.default_condition_image_area
+    def _init_reference_areas(self, vae_image_area: int | None, condition_image_area: int | None) -> None:
+        """Validate the reference areas, record them in the pipeline config (saved in `model_index.json`, so a saved
+        folder keeps its areas) and expose them as attributes (assigning one later updates the config too)."""
+        vae_image_area = STOCK_VAE_IMAGE_AREA if vae_image_area is None else vae_image_area
+        if condition_image_area is None:
+            condition_image_area = self.default_condition_image_area
+        _validate_area("vae_image_area", vae_image_area)
+        _validate_area("condition_image_area", condition_image_area)
+        self.register_to_config(vae_image_area=vae_image_area, condition_image_area=condition_image_area)
+        self.vae_image_area = vae_image_area
+        self.condition_image_area = condition_image_area
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -151,8 +161,8 @@ class _RewardQwenImageEditMixin:
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any):
         """Save as safetensors, loadable by `<this class>.from_pretrained(folder)` and by
         `diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` (through one-line loader
-        modules written into the folder, which import this installed package). The reference-image areas are
-        call-time settings and are not saved."""
+        modules written into the folder, which import this installed package). The reference-image areas are saved
+        in `model_index.json` and restored on load."""
         if not safe_serialization:
             raise ValueError(
                 f"{type(self).__name__} saves safetensors only; `safe_serialization=False` is not supported"
@@ -202,6 +212,19 @@ class _RewardQwenImageEditMixin:
         conditioner = self.transformer.reward_conditioner
         failure_text_embeds = failure_text_embeds.to(next(conditioner.parameters()).dtype)
         return build_reward_condition(conditioner, inputs, failure_text_embeds, num_images_per_prompt, device)
+
+    def input_size_call_kwargs(self, image: Any) -> dict[str, Any]:
+        """Call arguments that edit at the input image's size (rounded down to a multiple of 16) instead of the
+        default output area. Used by `run_edit` (CLI, benchmark). The reference images keep `vae_image_area`."""
+        first = image[-1] if isinstance(image, list) else image
+        if not isinstance(first, PIL.Image.Image):
+            raise TypeError(f"`image` must be a PIL image or a list of them, got {type(first).__name__}")
+        width, height = first.size
+        multiple = self.vae_scale_factor * 2
+        return {
+            "height": max(multiple, height // multiple * multiple),
+            "width": max(multiple, width // multiple * multiple),
+        }
 
     # ------------------------------------------------------------------ reference images
     def _prepare_reference_images(self, images: list[PIL.Image.Image]) -> tuple[Any, Any, list[tuple[int, int]], float]:
@@ -464,7 +487,7 @@ class RewardQwenImageEditPipeline(_RewardQwenImageEditMixin, QwenImageEditPipeli
 
     Components: as `QwenImageEditPipeline`, with `transformer` a [`RewardQwenImageTransformer2DModel`].
 
-    Attributes:
+    Attributes (also `__init__` / `from_pretrained` arguments; saved in `model_index.json`):
         vae_image_area (`int`, defaults to 1024²): pixels of the reference image given to the VAE and to the
             vision-language prompt (the stock pipeline uses one resize for both), and of the default output.
         condition_image_area (`int`): unused by this variant (kept equal in meaning to the Plus pipeline's).
@@ -474,7 +497,17 @@ class RewardQwenImageEditPipeline(_RewardQwenImageEditMixin, QwenImageEditPipeli
     stock_pipeline_class = QwenImageEditPipeline
     default_condition_image_area = STOCK_VAE_IMAGE_AREA
 
-    def __init__(self, scheduler, vae, text_encoder, tokenizer, processor, transformer) -> None:
+    def __init__(
+        self,
+        scheduler,
+        vae,
+        text_encoder,
+        tokenizer,
+        processor,
+        transformer,
+        vae_image_area: int | None = None,
+        condition_image_area: int | None = None,
+    ) -> None:
         super().__init__(
             scheduler=scheduler,
             vae=vae,
@@ -483,7 +516,7 @@ class RewardQwenImageEditPipeline(_RewardQwenImageEditMixin, QwenImageEditPipeli
             processor=processor,
             transformer=transformer,
         )
-        self._init_reference_areas()
+        self._init_reference_areas(vae_image_area, condition_image_area)
 
     def _prepare_reference_images(self, images):
         first_width, first_height = images[0].size
@@ -561,7 +594,7 @@ class RewardQwenImageEditPlusPipeline(_RewardQwenImageEditMixin, QwenImageEditPl
     Components: as `QwenImageEditPlusPipeline`, with `transformer` a [`RewardQwenImageTransformer2DModel`]
     (`zero_cond_t=True` for -2511: the reward vector is added to both halves of its doubled timestep embedding).
 
-    Attributes:
+    Attributes (also `__init__` / `from_pretrained` arguments; saved in `model_index.json`):
         vae_image_area (`int`, defaults to 1024²): pixels of each reference image given to the VAE, and of the
             default output.
         condition_image_area (`int`, defaults to 384²): pixels of each reference image in the vision-language prompt.
@@ -571,7 +604,17 @@ class RewardQwenImageEditPlusPipeline(_RewardQwenImageEditMixin, QwenImageEditPl
     stock_pipeline_class = QwenImageEditPlusPipeline
     default_condition_image_area = STOCK_PLUS_CONDITION_IMAGE_AREA
 
-    def __init__(self, scheduler, vae, text_encoder, tokenizer, processor, transformer) -> None:
+    def __init__(
+        self,
+        scheduler,
+        vae,
+        text_encoder,
+        tokenizer,
+        processor,
+        transformer,
+        vae_image_area: int | None = None,
+        condition_image_area: int | None = None,
+    ) -> None:
         super().__init__(
             scheduler=scheduler,
             vae=vae,
@@ -580,7 +623,7 @@ class RewardQwenImageEditPlusPipeline(_RewardQwenImageEditMixin, QwenImageEditPl
             processor=processor,
             transformer=transformer,
         )
-        self._init_reference_areas()
+        self._init_reference_areas(vae_image_area, condition_image_area)
 
     def _prepare_reference_images(self, images):
         condition_images, vae_images, vae_sizes = [], [], []
