@@ -40,7 +40,7 @@ ADAPTER_FOLDER = "reward_lora"
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
-REWARD_MODULES_FILE = "reward_modules.safetensors"
+REWARD_MODULES_FILE = "reward_modules.safetensors"  # = pipeline_reward_flux_kontext.REWARD_MODULES_FILE
 
 
 def add_dit_arguments(parser: argparse.ArgumentParser) -> None:

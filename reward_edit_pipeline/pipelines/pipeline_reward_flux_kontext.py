@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -29,6 +30,8 @@ logger = logging.get_logger(__name__)
 # Pinned: saved folders record these names in model_index.json.
 LOADER_MODULE_STEM = "pipeline_reward_flux_kontext"
 PACKAGE_CLASSES: dict[str, type] = {RewardFluxTransformer2DModel.__name__: RewardFluxTransformer2DModel}
+#: written by `reward-edit train --backbone flux-kontext` into `<output_dir>/reward_lora/` next to the LoRA
+REWARD_MODULES_FILE = "reward_modules.safetensors"
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -144,6 +147,69 @@ class RewardFluxKontextPipeline(FluxKontextPipeline):
         _normalize_dtype_kwarg(kwargs)
         base = FluxKontextPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return cls.from_base(base, reward_init, **(reward_config or {}))
+
+    def load_reward_adapter(self, adapter_folder: str | os.PathLike) -> None:
+        """Load what `reward-edit train --backbone flux-kontext` writes to `<output_dir>/reward_lora/` onto this
+        (zero-initialised or base-wrapped) pipeline: the reward modules (`reward_modules.safetensors`, all keys
+        required) and the LoRA (`pytorch_lora_weights.safetensors`, diffusers' format, via `load_lora_weights`)."""
+        from safetensors.torch import load_file
+
+        folder = os.fspath(adapter_folder)
+        config_path = os.path.join(folder, "config.json")
+        weights_path = os.path.join(folder, REWARD_MODULES_FILE)
+        if not os.path.isfile(weights_path) or not os.path.isfile(config_path):
+            raise FileNotFoundError(
+                f"`adapter_folder` {folder!r} must hold {REWARD_MODULES_FILE} and config.json (a trainer's reward_lora/)"
+            )
+        with open(config_path, encoding="utf-8") as handle:
+            adapter_config = json.load(handle)
+        mismatched = {
+            name: (adapter_config.get(name), self.transformer.config[name])
+            for name in ("reward_token_dim", "reward_sinusoid_dim", "reward_num_scores", "failure_text_embed_dim")
+            if adapter_config.get(name) != self.transformer.config[name]
+        }
+        if mismatched:
+            raise ValueError(
+                f"the reward adapter in {folder!r} was trained with other reward settings {{name: (adapter, pipeline)}}: "
+                f"{mismatched}; wrap the base with from_base(pipe, **those settings) first"
+            )
+        state = load_file(weights_path)
+        expected = {
+            name
+            for name in self.transformer.state_dict()
+            if name.startswith(("reward_conditioner.", "reward_attention."))
+        }
+        if set(state) != expected:
+            raise ValueError(
+                f"{weights_path} does not match this transformer's reward modules: missing "
+                f"{sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}"
+            )
+        self.transformer.load_state_dict(state, strict=False)
+        if os.path.isfile(os.path.join(folder, "pytorch_lora_weights.safetensors")):
+            self.load_lora_weights(folder)
+
+    @classmethod
+    def from_reward_adapter(
+        cls, pretrained_model_name_or_path: str | os.PathLike, adapter_folder: str | os.PathLike, **kwargs: Any
+    ) -> RewardFluxKontextPipeline:
+        """Wrap a stock FLUX.1 Kontext checkpoint with the reward settings of `adapter_folder` and load the adapter
+        (`load_reward_adapter`): the small-download alternative to a full trained pipeline folder."""
+        with open(os.path.join(os.fspath(adapter_folder), "config.json"), encoding="utf-8") as handle:
+            adapter_config = json.load(handle)
+        reward_config = {
+            name: adapter_config[name]
+            for name in (
+                "failure_text_embed_dim",
+                "reward_num_scores",
+                "reward_sinusoid_dim",
+                "reward_token_dim",
+                "no_failure_text",
+            )
+            if name in adapter_config
+        }
+        pipe = cls.from_flux_kontext(pretrained_model_name_or_path, reward_config=reward_config, **kwargs)
+        pipe.load_reward_adapter(adapter_folder)
+        return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any):
         """Save as safetensors, loadable by `RewardFluxKontextPipeline.from_pretrained(folder)` and by
