@@ -94,8 +94,21 @@ def test_lora_and_reward_training_lowers_the_loss_and_saves_loadable_outputs(wor
     trained.set_progress_bar_config(disable=True)
     trained.vae_image_area = TINY_REFERENCE_AREA
     image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (32, 32, 3), dtype=np.uint8))
-    edited = trained(image=image, prompt="invert the red", **dummy_qwen_edit_call_kwargs()).images
+    call = dict(image=image, prompt="invert the red", reward_scores=(4, 2, 5), **dummy_qwen_edit_call_kwargs())
+    edited = trained(**call, generator=torch.Generator().manual_seed(0)).images
     assert edited.shape == (1, 32, 32, 3) and np.isfinite(edited).all()
+
+    # the small release: stock checkpoint + reward_lora/ (LoRA unmerged) edits like the merged full folder
+    adapted = RewardQwenImageEditPipeline.from_reward_adapter(
+        workspace / "qwen-edit", output / "reward_lora", vae_image_area=TINY_REFERENCE_AREA
+    )
+    adapted.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(adapted(**call, generator=torch.Generator().manual_seed(0)).images, edited, atol=1e-4)
+    unadapted = RewardQwenImageEditPipeline.from_qwen_image_edit(
+        workspace / "qwen-edit", reward_config={"reward_token_dim": 8}
+    )
+    with pytest.raises(ValueError, match="other reward settings"):
+        unadapted.load_reward_adapter(output / "reward_lora")
 
 
 def test_resume_continues_exactly_on_the_plus_layout(workspace, tmp_path):

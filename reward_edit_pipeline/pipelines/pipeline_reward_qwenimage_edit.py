@@ -37,7 +37,9 @@ from .reward_dit_common import (
     ScoreInput,
     build_reward_condition,
     encode_unique_texts,
+    load_reward_adapter_into,
     prepare_reward_inputs,
+    read_reward_adapter_config,
     read_saved_model_index,
     rewrite_saved_model_index,
 )
@@ -128,11 +130,19 @@ class _RewardQwenImageEditMixin:
         return pipe
 
     @classmethod
-    def from_base(cls, pipe: QwenImageEditPipeline | QwenImageEditPlusPipeline, reward_init: str = "zero", **config):
+    def from_base(
+        cls,
+        pipe: QwenImageEditPipeline | QwenImageEditPlusPipeline,
+        reward_init: str = "zero",
+        vae_image_area: int | None = None,
+        condition_image_area: int | None = None,
+        **config: Any,
+    ):
         """Wrap a loaded stock pipeline in one call: its transformer gets new reward modules (base weights shared,
         not copied; the failure-text width is the text encoder's hidden size); every other component is reused.
         With `reward_init="zero"` the result edits exactly like `pipe` (at the same reference areas) until trained.
-        `config`: `reward_token_dim`, `reward_sinusoid_dim`, `no_failure_text`, …"""
+        `config`: `reward_token_dim`, `reward_sinusoid_dim`, `no_failure_text`, …; the areas default to the stock
+        pipeline's."""
         if isinstance(pipe.transformer, RewardQwenImageTransformer2DModel):
             raise ValueError("the pipeline's transformer already has reward modules")
         config.setdefault("failure_text_embed_dim", pipe.text_encoder.config.text_config.hidden_size)
@@ -141,7 +151,7 @@ class _RewardQwenImageEditMixin:
             pipe.transformer, reward_init=reward_init, **config
         )
         logger.info("wrapped the Qwen-Image transformer with %s-initialised reward modules", reward_init)
-        return cls(**components)
+        return cls(**components, vae_image_area=vae_image_area, condition_image_area=condition_image_area)
 
     @classmethod
     def from_qwen_image_edit(
@@ -153,10 +163,28 @@ class _RewardQwenImageEditMixin:
     ):
         """Load a stock Qwen-Image-Edit checkpoint (`Qwen/Qwen-Image-Edit` layout for `RewardQwenImageEditPipeline`,
         `-2509`/`-2511` for the Plus pipeline) with the stock pipeline's `from_pretrained(..., **kwargs)` and wrap
-        it (`from_base(..., **reward_config)`)."""
+        it (`from_base(..., **reward_config)`; `vae_image_area` / `condition_image_area` may be given here too)."""
         _normalize_dtype_kwarg(kwargs)
+        areas = {name: kwargs.pop(name) for name in ("vae_image_area", "condition_image_area") if name in kwargs}
         stock = cls.stock_pipeline_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return cls.from_base(stock, reward_init, **(reward_config or {}))
+        return cls.from_base(stock, reward_init, **areas, **(reward_config or {}))
+
+    def load_reward_adapter(self, adapter_folder: str | os.PathLike) -> None:
+        """Load what `reward-edit train --backbone qwen-image-edit` writes to `<output_dir>/reward_lora/` onto this
+        (base-wrapped) pipeline: the reward modules (`reward_modules.safetensors`, all keys required, same reward
+        settings) and the LoRA (`pytorch_lora_weights.safetensors`, diffusers' format, via `load_lora_weights`)."""
+        load_reward_adapter_into(self, adapter_folder)
+
+    @classmethod
+    def from_reward_adapter(
+        cls, pretrained_model_name_or_path: str | os.PathLike, adapter_folder: str | os.PathLike, **kwargs: Any
+    ):
+        """Wrap a stock Qwen-Image-Edit checkpoint with the reward settings of `adapter_folder` and load the adapter
+        (`load_reward_adapter`): the small-download alternative to a full trained pipeline folder."""
+        reward_config = read_reward_adapter_config(adapter_folder)
+        pipe = cls.from_qwen_image_edit(pretrained_model_name_or_path, reward_config=reward_config, **kwargs)
+        pipe.load_reward_adapter(adapter_folder)
+        return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any):
         """Save as safetensors, loadable by `<this class>.from_pretrained(folder)` and by
