@@ -2,8 +2,9 @@
 
 The stock pipelines resize every reference image to about 1024² pixels for the VAE (and, in the Plus pipeline, to
 about 384² for the vision-language prompt) whatever the input size; the areas are module constants there. Here they
-are attributes of the pipeline (`vae_image_area`, `condition_image_area`, in pixels), so a small model or a fast
-preview can use smaller references; their defaults reproduce the stock pipelines. Because those areas are read inside
+are pipeline config exposed as attributes (`vae_image_area`, `condition_image_area`, in pixels; `__init__` /
+`from_pretrained` arguments, saved in `model_index.json`), so a small model or a fast preview can use smaller
+references; their defaults reproduce the stock pipelines. Because those areas are read inside
 the stock `__call__`, this module has its own `__call__` (same steps and the same numbers as diffusers 0.42.1's, plus
 the reward condition); everything else (prompt encoding, latent preparation, packing, the VAE) is the parent's.
 
