@@ -125,6 +125,22 @@ def test_per_prompt_rewards_match_single_prompt_calls(reward_pipe, image):
     assert np.abs(batched[0] - batched[1]).max() > 1e-3
 
 
+def test_num_images_per_prompt_gives_every_image_its_prompts_rewards(reward_pipe, image):
+    call = dummy_flux_kontext_call_kwargs()
+    images = reward_pipe(
+        image=[image, image],
+        prompt=[PROMPT, PROMPT],
+        reward_scores=[(5, 5, 5), (0, 1, 2)],
+        num_images_per_prompt=2,
+        latents=torch.randn(1, 64, 16, generator=torch.Generator().manual_seed(0)).expand(4, 64, 16),  # one noise
+        **call,
+    ).images
+    assert images.shape == (4, 32, 32, 3)
+    np.testing.assert_allclose(images[0], images[1], atol=1e-5)
+    np.testing.assert_allclose(images[2], images[3], atol=1e-5)
+    assert np.abs(images[0] - images[2]).max() > 1e-3
+
+
 def test_reward_guidance_combination_matches_two_forward_passes(reward_pipe):
     transformer = reward_pipe.transformer
     inputs = transformer_inputs(batch=1)
@@ -233,6 +249,9 @@ def test_transformer_refuses_missing_condition_and_replaced_processors(reward_pi
     text_embeds = torch.zeros(1, transformer.config.failure_text_embed_dim)
     with pytest.raises(ValueError, match="exactly|shape"):
         transformer(**inputs, reward_scores=torch.ones(1, 2), failure_text_embeds=text_embeds)
+    three_rows = RewardCondition(transformer.reward_conditioner(scores.expand(3, 3), text_embeds.expand(3, -1)))
+    with pytest.raises(ValueError, match="has 3 rows for a batch of 1"):
+        transformer(**inputs, joint_attention_kwargs={"reward_condition": three_rows})
     processors = transformer.attn_processors
     try:
         transformer.transformer_blocks[0].attn.set_processor(FluxAttnProcessor())

@@ -130,3 +130,17 @@ def test_bad_dit_arguments_name_the_flag(workspace, tmp_path, extra, message, ca
     with pytest.raises(SystemExit):
         parse_args(argv + extra)
     assert message in capsys.readouterr().err
+
+
+def test_unreadable_pairs_are_skipped_and_counted(workspace, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(workspace / "data", data)
+    broken = sorted(data.rglob("*_1.jpg"))[0]
+    broken.write_bytes(b"not a jpeg")
+    argv = _argv(workspace, tmp_path / "run", "--max_train_steps", "1")
+    argv[argv.index("--train_data_dir") + 1] = str(data)
+    summary = train_dit(parse_args(argv))
+    assert summary["num_examples"] == 3
+    assert summary["skipped"]["by_reason"] == {"unreadable_image": 1}

@@ -7,12 +7,15 @@ The base weights stay frozen in the run's weight dtype (`--mixed_precision bf16`
 Data: the same triplets and reward records as the SD trainer (`--train_data_dir`/`--dataset_name`, `--rewards`,
 read by `train/sources.py`). Every example is encoded once before training (VAE latents of the original and the
 edited image, prompt embeddings, pooled failure-text embeddings: "cached latents and text embeddings"); the VAE and
-text encoders are then moved to the CPU, so only the transformer stays on the accelerator.
+text encoders are then moved to the CPU, so only the transformer stays on the accelerator. The cache itself lives in
+CPU memory (T5 embeddings dominate: 512 × 4096 values per example, ≈ 4 MB in bf16, so ≈ 80 GB for 20K examples;
+use `--max_train_samples` or a machine with the RAM; a disk-backed cache is not implemented).
 
 Each backbone plugs in through a `DitBackboneAdapter` registered in `BACKBONES` (FLUX.1 Kontext here; the
 Qwen-Image-Edit adapter registers itself the same way). The loop is single-process: one device, deterministic from
-`--seed`, resumable exactly (trainable weights, AdamW state and the random generator are checkpointed as safetensors;
-no pickle). Multi-GPU (accelerate) is not implemented for the DiT backbones.
+`--seed` (each micro-batch draws its examples uniformly, with replacement, from a seeded generator; an "epoch" is
+`len(examples) / (batch × accumulation)` steps), resumable exactly (trainable weights, AdamW state and the random
+generator are checkpointed as safetensors; no pickle). Multi-GPU (accelerate) is not implemented for the DiT backbones.
 
 SD-trainer flags that do not apply here (`--use_ema`, `--conditioning_dropout_prob`, `--random_flip`,
 `--cache_latents`, `--use_8bit_adam`, validation flags) are ignored, with a log line when they differ from defaults.
@@ -109,8 +112,11 @@ class DitBackboneAdapter:
         """Module names (PEFT `target_modules`) of the base attention projections."""
         raise NotImplementedError
 
-    def encode_examples(self, pipe: Any, examples: Sequence[Any], resolution: int, device: Any) -> dict[str, Any]:
-        """Cache: per-example tensors (stacked on dim 0) and shared tensors (e.g. position ids)."""
+    def encode_examples(
+        self, pipe: Any, examples: Sequence[Any], resolution: int, device: Any, skips: Any = None
+    ) -> dict[str, Any]:
+        """Cache on the CPU: `keys` of the readable examples, per-example tensors (stacked on dim 0) and shared
+        tensors (e.g. position ids). Unreadable pairs are counted in `skips` (raised when it is `None`)."""
         raise NotImplementedError
 
     def training_loss(
@@ -157,46 +163,63 @@ class FluxKontextAdapter(DitBackboneAdapter):
                 names.append(name)
         return names
 
-    def encode_examples(self, pipe: Any, examples: Sequence[Any], resolution: int, device: Any) -> dict[str, Any]:
+    def encode_examples(
+        self, pipe: Any, examples: Sequence[Any], resolution: int, device: Any, skips: Any = None, chunk: int = 8
+    ) -> dict[str, Any]:
         import torch
 
-        from .data import image_to_tensor, load_rgb_image, resize_and_center_crop
+        from .data import ImageLoadError, TripletDataset
 
         multiple = pipe.vae_scale_factor * 2
         if resolution % multiple:
             raise ValueError(f"--resolution must be a multiple of {multiple} for FLUX.1 Kontext, got {resolution}")
         vae = pipe.vae
-        edited, original = [], []
-        for example in examples:
-            pixels = [
-                image_to_tensor(resize_and_center_crop(load_rgb_image(source), resolution))
-                for source in (example.original_image, example.edited_image)
-            ]
-            batch = torch.stack(pixels).to(device=device, dtype=vae.dtype)
-            latents = vae.encode(batch).latent_dist.mode()
+        loader = TripletDataset(examples, tokenizer=None, resolution=resolution, with_rewards=False)
+        kept, pixels = [], []
+        for example in examples:  # unreadable or misaligned pairs are skipped and counted, as in the SD trainer
+            try:
+                pixels.append(torch.stack(loader.load_pair(example)))
+                kept.append(example)
+            except ImageLoadError as error:
+                if skips is None:
+                    raise
+                skips.add(error.reason, example.key, str(error))
+        if not kept:
+            raise ValueError("no readable training examples (see the skipped-sample log)")
+        columns: dict[str, list[Any]] = {name: [] for name in ("original", "edited", "prompt", "pooled", "failure")}
+        text_ids = latent_ids = None
+        for start in range(0, len(kept), chunk):  # encoders run in small chunks; the cache lives on the CPU
+            batch = kept[start : start + chunk]
+            images = torch.cat(pixels[start : start + chunk]).to(device=device, dtype=vae.dtype)  # [orig, edit]*n
+            latents = vae.encode(images).latent_dist.mode()
             latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
             channels, height, width = latents.shape[1:]
-            packed = pipe._pack_latents(latents, 2, channels, height, width)
-            original.append(packed[0])
-            edited.append(packed[1])
-        prompt_embeds, pooled, text_ids = pipe.encode_prompt(
-            prompt=[example.instruction for example in examples],
-            prompt_2=None,
-            device=device,
-            max_sequence_length=min(512, pipe.tokenizer_2.model_max_length),
-        )
-        failure_text_embeds = pipe.encode_failure_text([example.failure_text for example in examples], device)
-        latent_ids = pipe._prepare_latent_image_ids(1, height // 2, width // 2, device, torch.float32)
+            packed = pipe._pack_latents(latents, latents.shape[0], channels, height, width).float().cpu()
+            columns["original"].append(packed[0::2])
+            columns["edited"].append(packed[1::2])
+            prompt_embeds, pooled, text_ids = pipe.encode_prompt(
+                prompt=[example.instruction for example in batch],
+                prompt_2=None,
+                device=device,
+                max_sequence_length=min(512, pipe.tokenizer_2.model_max_length),
+            )
+            columns["prompt"].append(prompt_embeds.cpu())
+            columns["pooled"].append(pooled.cpu())
+            columns["failure"].append(
+                pipe.encode_failure_text([example.failure_text for example in batch], device).cpu()
+            )
+            latent_ids = pipe._prepare_latent_image_ids(1, height // 2, width // 2, "cpu", torch.float32)
         reference_ids = latent_ids.clone()
         reference_ids[..., 0] = 1
         return {
-            "edited_latents": torch.stack(edited).float(),
-            "original_latents": torch.stack(original).float(),
-            "prompt_embeds": prompt_embeds,
-            "pooled_prompt_embeds": pooled,
-            "failure_text_embeds": failure_text_embeds,
-            "reward_scores": torch.tensor([example.reward_scores for example in examples], dtype=torch.float32),
-            "txt_ids": text_ids,
+            "keys": [example.key for example in kept],
+            "edited_latents": torch.cat(columns["edited"]),
+            "original_latents": torch.cat(columns["original"]),
+            "prompt_embeds": torch.cat(columns["prompt"]),
+            "pooled_prompt_embeds": torch.cat(columns["pooled"]),
+            "failure_text_embeds": torch.cat(columns["failure"]),
+            "reward_scores": torch.tensor([example.reward_scores for example in kept], dtype=torch.float32),
+            "txt_ids": text_ids.cpu(),
             "img_ids": torch.cat([latent_ids, reference_ids], dim=0),
         }
 
@@ -206,27 +229,32 @@ class FluxKontextAdapter(DitBackboneAdapter):
         import torch
         import torch.nn.functional as F
 
-        device = cache["edited_latents"].device
+        device = transformer.device
         weight_dtype = transformer.dtype
-        target_latents = cache["edited_latents"][rows]
+        rows = rows.cpu()
+
+        def pick(name: str) -> torch.Tensor:  # the cache stays on the CPU; only this micro-batch moves
+            return cache[name][rows].to(device)
+
+        target_latents = pick("edited_latents")
         count = target_latents.shape[0]
         noise = torch.randn(target_latents.shape, generator=generator).to(device)  # drawn on the CPU generator
         sigmas = torch.rand(count, generator=generator).to(device)
         noisy = (1.0 - sigmas.view(-1, 1, 1)) * target_latents + sigmas.view(-1, 1, 1) * noise
-        model_input = torch.cat([noisy, cache["original_latents"][rows]], dim=1).to(weight_dtype)
+        model_input = torch.cat([noisy, pick("original_latents")], dim=1).to(weight_dtype)
         guidance = None
         if transformer.config.guidance_embeds:
             guidance = torch.full((count,), args.dit_guidance_scale, device=device)
         prediction = transformer(
             hidden_states=model_input,
-            encoder_hidden_states=cache["prompt_embeds"][rows].to(weight_dtype),
-            pooled_projections=cache["pooled_prompt_embeds"][rows].to(weight_dtype),
+            encoder_hidden_states=pick("prompt_embeds").to(weight_dtype),
+            pooled_projections=pick("pooled_prompt_embeds").to(weight_dtype),
             timestep=sigmas.to(weight_dtype),
-            img_ids=cache["img_ids"],
-            txt_ids=cache["txt_ids"],
+            img_ids=cache["img_ids"].to(device),
+            txt_ids=cache["txt_ids"].to(device),
             guidance=guidance,
-            reward_scores=cache["reward_scores"][rows],
-            failure_text_embeds=cache["failure_text_embeds"][rows],
+            reward_scores=pick("reward_scores"),
+            failure_text_embeds=pick("failure_text_embeds"),
             null_reward_mask=null_reward_mask,
             return_dict=False,
         )[0][:, : target_latents.shape[1]]
@@ -369,8 +397,8 @@ def train_dit(args: argparse.Namespace, step_callback: Callable[[int], None] | N
         getattr(pipe, name).to(device)
     started = time.perf_counter()
     with torch.no_grad():
-        cache = adapter.encode_examples(pipe, examples, args.resolution, device)
-    logger.info("encoded %d examples in %.1fs", len(examples), time.perf_counter() - started)
+        cache = adapter.encode_examples(pipe, examples, args.resolution, device, skips)
+    logger.info("encoded %d examples in %.1fs", len(cache["keys"]), time.perf_counter() - started)
     for name in encoders:
         getattr(pipe, name).to("cpu")
     transformer = pipe.transformer.to(device)
@@ -396,8 +424,9 @@ def train_dit(args: argparse.Namespace, step_callback: Callable[[int], None] | N
         state = load_dit_checkpoint(resume, transformer, optimizer, generator)
         logger.info("resumed from %s at step %d", resume, state.global_step)
 
-    num_examples = len(examples)
-    total_steps = args.max_train_steps or math.ceil(num_examples / args.train_batch_size) * args.num_train_epochs
+    num_examples = len(cache["keys"])
+    samples_per_step = args.train_batch_size * args.gradient_accumulation_steps
+    total_steps = args.max_train_steps or math.ceil(num_examples / samples_per_step) * args.num_train_epochs
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=weight_dtype == torch.bfloat16)
     while state.global_step < total_steps:
         optimizer.zero_grad(set_to_none=True)
@@ -438,7 +467,8 @@ def train_dit(args: argparse.Namespace, step_callback: Callable[[int], None] | N
     transformer.save_config(adapter_dir)
     transformer.fuse_lora(lora_scale=1.0)
     transformer.unload_lora()
-    transformer.to(weight_dtype)
+    if weight_dtype != torch.float32:  # the trained float32 weights join the base's dtype in the saved pipeline
+        transformer.to(weight_dtype)
     pipe.save_pretrained(args.output_dir)
     summary = {
         "backbone": args.backbone,

@@ -357,6 +357,10 @@ class RewardFluxTransformer2DModel(FluxTransformer2DModel):
                     "FluxRewardAttnProcessor (set_attn_processor / fuse_qkv_projections replaced it)"
                 )
         batch = hidden_states.shape[0]
+        for name, embeddings in (("embeddings", condition.embeddings), ("null_embeddings", condition.null_embeddings)):
+            rows = None if embeddings is None else embeddings.global_embedding.shape[0]
+            if rows not in (None, 1, batch):
+                raise ValueError(f"reward condition {name} has {rows} rows for a batch of {batch} (give 1 or {batch})")
         if condition.guidance_scale <= 1.0:
             return self._forward_rewarded(
                 condition.embeddings.global_embedding.expand(batch, -1),
