@@ -372,3 +372,23 @@ def test_load_pipeline_and_edit_cli_accept_qwen_folders(reward_pipe, image, tmp_
     ]
     assert cli_main([*argv, "--steps", "2", "--scores", "5,3,5", "--device", "cpu"]) == 0
     assert PIL.Image.open(tmp_path / "out.png").size == (32, 32)
+
+
+def test_num_images_per_prompt_gives_each_image_its_prompts_rewards(reward_pipe, reward_plus_pipe, image):
+    call = dummy_qwen_edit_call_kwargs()
+    noise = torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(3)).repeat(4, 1, 1)  # same start for all
+    out = reward_pipe(
+        image=[image, image],
+        prompt=[PROMPT, PROMPT],
+        reward_scores=[(5, 5, 5), (1, 0, 2)],
+        num_images_per_prompt=2,
+        latents=noise,
+        **call,
+    ).images
+    assert out.shape[0] == 4
+    np.testing.assert_allclose(out[0], out[1], atol=1e-5)  # prompt 0's two images: same rewards, same start
+    np.testing.assert_allclose(out[2], out[3], atol=1e-5)
+    assert np.abs(out[0] - out[2]).max() > 1e-3
+    # -2511 layout (zero_cond_t): the modulation index covers every generated image
+    plus = reward_plus_pipe(image=image, prompt=PROMPT, num_images_per_prompt=2, **call).images
+    assert plus.shape[0] == 2 and np.isfinite(plus).all()
