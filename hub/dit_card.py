@@ -50,6 +50,30 @@ DIT_CARDS: dict[str, DitBackboneCard] = {
         license_link="https://huggingface.co/black-forest-labs/FLUX.1-Kontext-dev/blob/main/LICENSE.md",
         description="the FLUX.1 Kontext [dev] transformer",
     ),
+    # Qwen-Image-Edit (dit-qwen): two pipeline classes share one transformer class; a reward_lora/ folder is matched
+    # to the Plus card when its transformer config has `zero_cond_t` (the -2511 layout), else to the Edit card.
+    "qwen-image-edit": DitBackboneCard(
+        name="qwen-image-edit",
+        pipeline_class="RewardQwenImageEditPipeline",
+        transformer_class="RewardQwenImageTransformer2DModel",
+        loader_stem="pipeline_reward_qwenimage_edit",
+        base_model="Qwen/Qwen-Image-Edit",
+        license="apache-2.0",
+        license_name=None,
+        license_link=None,
+        description="the Qwen-Image-Edit transformer",
+    ),
+    "qwen-image-edit-plus": DitBackboneCard(
+        name="qwen-image-edit-plus",
+        pipeline_class="RewardQwenImageEditPlusPipeline",
+        transformer_class="RewardQwenImageTransformer2DModel",
+        loader_stem="pipeline_reward_qwenimage_edit_plus",
+        base_model="Qwen/Qwen-Image-Edit-2511",
+        license="apache-2.0",
+        license_name=None,
+        license_link=None,
+        description="the Qwen-Image-Edit-2509 / -2511 transformer",
+    ),
 }
 
 _CARD_TEMPLATE = """---
@@ -99,10 +123,13 @@ def dit_folder_kind(folder: str | Path) -> tuple[DitBackboneCard, str] | None:
         return None
     config_path = folder / "config.json"
     if config_path.is_file() and (folder / "reward_modules.safetensors").is_file():
-        class_name = json.loads(config_path.read_text(encoding="utf-8")).get("_class_name")
-        for card in DIT_CARDS.values():
-            if class_name == card.transformer_class:
-                return card, "lora"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        matches = [card for card in DIT_CARDS.values() if config.get("_class_name") == card.transformer_class]
+        if len(matches) > 1:  # Qwen-Image-Edit: the -2511 layout (zero_cond_t) goes with the Plus pipeline
+            plus = [card for card in matches if card.name.endswith("-plus")]
+            matches = plus if config.get("zero_cond_t") and plus else [card for card in matches if card not in plus]
+        if matches:
+            return matches[0], "lora"
     return None
 
 

@@ -20,6 +20,9 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "RewardEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_edit",
     "RewardFluxTransformer2DModel": "reward_edit_pipeline.models.transformer_flux_reward",
     "RewardFluxKontextPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_flux_kontext",
+    "RewardQwenImageTransformer2DModel": "reward_edit_pipeline.models.transformer_qwenimage_reward",
+    "RewardQwenImageEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
+    "RewardQwenImageEditPlusPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
     "load_pipeline": "reward_edit_pipeline.loading",
     # `DiffusionPipeline.from_pretrained` looks a component's base classes up on its library module (here: this one)
     # to pick the method that loads it, so the library module must expose them (docs/architecture.md, "Loading").
@@ -33,6 +36,9 @@ __all__ = [
     "RewardEditPipeline",
     "RewardFluxTransformer2DModel",
     "RewardFluxKontextPipeline",
+    "RewardQwenImageTransformer2DModel",
+    "RewardQwenImageEditPipeline",
+    "RewardQwenImageEditPlusPipeline",
     "load_pipeline",
     "__version__",
 ]
@@ -42,9 +48,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .loading import load_pipeline
     from .models.transformer_flux_reward import RewardFluxTransformer2DModel
+    from .models.transformer_qwenimage_reward import RewardQwenImageTransformer2DModel
     from .models.unet_2d_reward import LatentRewardAttention, RewardUNet2DConditionModel
     from .pipelines.pipeline_reward_edit import RewardEditPipeline
     from .pipelines.pipeline_reward_flux_kontext import RewardFluxKontextPipeline
+    from .pipelines.pipeline_reward_qwenimage_edit import (
+        RewardQwenImageEditPipeline,
+        RewardQwenImageEditPlusPipeline,
+    )
 
 
 def _read_version() -> str:

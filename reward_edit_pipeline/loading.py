@@ -32,9 +32,13 @@ OFFICIAL_REWARD_KEY_PREFIXES: tuple[str, ...] = ("text_linear.", "proj_deal.")
 #: DiT editors (docs/dit.md): saved reward pipeline class → defining module; stock pipeline class → reward class
 DIT_REWARD_PIPELINES: dict[str, str] = {
     "RewardFluxKontextPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_flux_kontext",
+    "RewardQwenImageEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
+    "RewardQwenImageEditPlusPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
 }
 DIT_STOCK_PIPELINES: dict[str, tuple[str, str]] = {
     "FluxKontextPipeline": ("RewardFluxKontextPipeline", "from_flux_kontext"),
+    "QwenImageEditPipeline": ("RewardQwenImageEditPipeline", "from_qwen_image_edit"),
+    "QwenImageEditPlusPipeline": ("RewardQwenImageEditPlusPipeline", "from_qwen_image_edit"),
 }
 
 __all__ = [

@@ -481,3 +481,7 @@ def train_dit(args: argparse.Namespace, step_callback: Callable[[int], None] | N
     with open(os.path.join(args.output_dir, "summary.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)
     return summary
+
+
+# The Qwen-Image-Edit adapter lives in its own module (train/dit_qwen.py) and registers itself when imported.
+from . import dit_qwen  # noqa: E402, F401

@@ -255,3 +255,65 @@ def run_edit(
 
         output.images = [edited.resize(size, PIL.Image.Resampling.LANCZOS) for edited in output.images]
     return output
+
+
+# ---------------------------------------------------------------------------------------------- trained adapters
+#: written by `reward-edit train --backbone ...` into `<output_dir>/reward_lora/` next to the LoRA
+REWARD_ADAPTER_MODULES_FILE = "reward_modules.safetensors"
+REWARD_ADAPTER_CONFIG_KEYS: tuple[str, ...] = (
+    "failure_text_embed_dim",
+    "reward_num_scores",
+    "reward_sinusoid_dim",
+    "reward_token_dim",
+    "no_failure_text",
+)
+
+
+def read_reward_adapter_config(adapter_folder: str | os.PathLike) -> dict[str, Any]:
+    """The reward settings (`REWARD_ADAPTER_CONFIG_KEYS`) recorded in a trainer's `reward_lora/config.json`."""
+    config_path = os.path.join(os.fspath(adapter_folder), "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(
+            f"`adapter_folder` {os.fspath(adapter_folder)!r} has no config.json (a trainer's reward_lora/)"
+        )
+    with open(config_path, encoding="utf-8") as handle:
+        adapter_config = json.load(handle)
+    return {name: adapter_config[name] for name in REWARD_ADAPTER_CONFIG_KEYS if name in adapter_config}
+
+
+def load_reward_adapter_into(pipe: Any, adapter_folder: str | os.PathLike) -> None:
+    """Load a trainer's `reward_lora/` onto a reward DiT pipeline: the reward modules (all keys required, settings
+    must match the pipeline's transformer) and the LoRA (`pytorch_lora_weights.safetensors`, via the pipeline's
+    `load_lora_weights`)."""
+    from safetensors.torch import load_file
+
+    folder = os.fspath(adapter_folder)
+    weights_path = os.path.join(folder, REWARD_ADAPTER_MODULES_FILE)
+    if not os.path.isfile(weights_path):
+        raise FileNotFoundError(
+            f"`adapter_folder` {folder!r} has no {REWARD_ADAPTER_MODULES_FILE} (a trainer's reward_lora/)"
+        )
+    adapter_config = read_reward_adapter_config(folder)
+    transformer = pipe.transformer
+    mismatched = {
+        name: (value, transformer.config[name])
+        for name, value in adapter_config.items()
+        if name != "no_failure_text" and value != transformer.config[name]
+    }
+    if mismatched:
+        raise ValueError(
+            f"the reward adapter in {folder!r} was trained with other reward settings {{name: (adapter, pipeline)}}: "
+            f"{mismatched}; wrap the base with from_base(pipe, **those settings) first"
+        )
+    state = load_file(weights_path)
+    expected = {
+        name for name in transformer.state_dict() if name.startswith(("reward_conditioner.", "reward_attention."))
+    }
+    if set(state) != expected:
+        raise ValueError(
+            f"{weights_path} does not match this transformer's reward modules: missing "
+            f"{sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}"
+        )
+    transformer.load_state_dict(state, strict=False)
+    if os.path.isfile(os.path.join(folder, "pytorch_lora_weights.safetensors")):
+        pipe.load_lora_weights(folder)
