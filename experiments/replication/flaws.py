@@ -219,7 +219,12 @@ def draw_flaws(sample: Sample, config: FlawConfig, rng: np.random.Generator) -> 
     if rng.random() >= config.rate:
         return {}
     count = int(rng.choice([1, 2, 3], p=list(config.axis_counts)))
-    axes = [str(axis) for axis in rng.choice(AXES, size=count, replace=False)]
+    # preserving needs something to preserve: not for global and style edits, which change every pixel
+    size = sample.scene.size
+    applicable = [
+        a for a in AXES if a != "preserving" or _protected_mask(sample).sum() >= 2 * max(4, size * size // 50)
+    ]
+    axes = [str(axis) for axis in rng.choice(applicable, size=min(count, len(applicable)), replace=False)]
     chosen = {}
     for axis in axes:
         if axis == "following":

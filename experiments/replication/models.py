@@ -163,10 +163,9 @@ def build_text_encoder(tokenizer: CLIPTokenizer, seed: int) -> CLIPTextModel:
         mlp.fc1.bias.fill_(-1.0)  # about 18 % of the features fire for a world text
         mlp.fc2.weight[hashed, :] = torch.randn(HASH_CHANNELS, HASH_FEATURES, generator=generator)
         final = model.final_layer_norm
-        identity_weight, hash_weight = (3.0, 1.0) if os.environ.get("REPLICATION_DEV_TEXT") == "identity" else (1.0, 3.0)
-        final.weight[identity] = identity_weight
+        final.weight[identity] = 1.0
         final.weight[prefix] = 0.5
-        final.weight[hashed] = hash_weight
+        final.weight[hashed] = 3.0
     model.requires_grad_(False)
     return model
 
@@ -321,14 +320,17 @@ def text_separation(
 
     instructions, failure_texts = sorted(set(instructions)), sorted(set(failure_texts))
     sequences, pooled = encode(instructions)
-    failure_sequences, failure_pooled = encode(failure_texts)
     report: dict[str, object] = {
         "instructions": len(instructions),
         "instruction_sequence_cosine": _cosines(sequences),
         "instruction_pooled_cosine": _cosines(pooled),
         "failure_texts": len(failure_texts),
-        "failure_text_sequence_cosine": _cosines(failure_sequences),
-        "failure_text_pooled_cosine": _cosines(failure_pooled),
+    }
+    if len(failure_texts) > 1:  # (clean data has one failure text only)
+        failure_sequences, failure_pooled = encode(failure_texts)
+        report["failure_text_sequence_cosine"] = _cosines(failure_sequences)
+        report["failure_text_pooled_cosine"] = _cosines(failure_pooled)
+    report |= {
         "longest_text_tokens": max(len(tokenizer(t).input_ids) for t in instructions + failure_texts),
         "max_length": tokenizer.model_max_length,
     }
@@ -360,11 +362,7 @@ def save_base_pipeline(
     encoder, a random UNet and the zero-terminal-SNR v-prediction DDIM scheduler."""
     tokenizer = build_tokenizer()
     text_encoder = build_text_encoder(tokenizer, text_seed)
-    unet = build_unet(
-        unet_seed,
-        image_size // 2 ** (len(vae.config.block_out_channels) - 1),
-        full_resolution_attention=os.environ.get("REPLICATION_DEV_UNET", "down16") == "down16",
-    )
+    unet = build_unet(unet_seed, image_size // 2 ** (len(vae.config.block_out_channels) - 1))
     pipeline = StableDiffusionInstructPix2PixPipeline(
         vae=vae,
         text_encoder=text_encoder,
