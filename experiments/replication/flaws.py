@@ -5,9 +5,11 @@
                 appears in a free quadrant, or a patch of the background changes colour)
     quality     "noise" (Gaussian), "blur" (Gaussian), "blocking" (JPEG at a very low quality)
 
-`FlawConfig.rate` is the fraction of triplets that get at least one flaw; a flawed triplet gets one axis (70 %), two
-(25 %) or all three (5 %), each with a random kind and severity. Following flaws are applied first (they change what
-was edited), then preserving, then quality (artifacts on the final image).
+`FlawConfig.rate` is the fraction of triplets that get at least one flaw; a flawed triplet gets one axis, two or all
+three with the probabilities `FlawConfig.axis_counts` (the experiment uses one axis only), drawn uniformly among the
+axes that apply to it (preserving needs pixels the edit leaves alone: not so for "make it darker" or "make it
+sepia"), each with a random kind and severity. Following flaws are applied first (they change what was edited), then
+preserving, then quality (artifacts on the final image).
 """
 
 from __future__ import annotations

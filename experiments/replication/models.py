@@ -1,14 +1,16 @@
 """Tiny model components suited to the editing world, saved as a stock InstructPix2Pix pipeline folder.
 
 * tokenizer: a CLIP BPE tokenizer whose merges make every word of the world's instructions and failure texts one
-  token (other text still encodes, byte by byte);
-* text encoder: a small random CLIP text model (frozen during training, as in the paper);
+  token (other text still encodes, byte by byte), padding to 20 tokens;
+* text encoder: a one-layer CLIP text model built by hand so that different texts get well separated encodings
+  (`build_text_encoder`, checked by `text_separation`), frozen during training as in the paper;
 * VAE: an exact identity `AutoencoderKL` built by hand (`build_identity_vae`): the random dummy VAE of
   `reward_edit_pipeline.testing` does not reconstruct images (edits decoded through it could not be judged), and a
   small learned VAE did not reach a usable reconstruction within a CPU budget (150 steps: mean error 0.12, the
   exact judge scored its round trips about 1.4 / 1.8 / 1.8);
-* UNet: a small random 8-channel `UNet2DConditionModel` (InstructPix2Pix layout), the common initialization of every
-  model in the experiment.
+* UNet: a small random 8-channel `UNet2DConditionModel` (InstructPix2Pix layout) that cross-attends to the text at
+  16 x 16 and 8 x 8, the common initialization of every model in the experiment;
+* scheduler: DDIM with zero terminal SNR, v-prediction and "trailing" timesteps (`build_scheduler`).
 """
 
 from __future__ import annotations
