@@ -39,7 +39,7 @@ from reward_edit_pipeline.comfy_nodes.core import (
 from reward_edit_pipeline.comfy_nodes.specs import NODE_SPECS
 from reward_edit_pipeline.comfy_nodes.v1 import v1_input_types
 
-from reward_edit_pipeline.judge.base import FunctionJudge
+from reward_edit_pipeline.judge import FunctionJudge
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_IDS = ["RewardEditLoader", "RewardCondition", "RewardEdit", "RewardJudge"]

@@ -44,10 +44,10 @@ def test_invalid_official_entries_raise_naming_the_key(entry, message):
 
 def test_reward_record_validates_and_never_clamps():
     with pytest.raises(ValueError, match="scores"):
-        RewardRecord((5.5, 1, 1), ("", "", ""))
+        RewardRecord(scores=(5.5, 1, 1), failure_texts=("", "", ""))
     with pytest.raises(ValueError, match="failure_texts"):
-        RewardRecord((1, 1, 1), ("a", "b"))
-    assert RewardRecord((5, 5, 5), ("", "", "")).failure_text == "None; None; None"
+        RewardRecord(scores=(1, 1, 1), failure_texts=("a", "b"))
+    assert RewardRecord(scores=(5, 5, 5), failure_texts=("", "", "")).failure_text == "None; None; None"
 
 
 def test_unknown_formats_are_rejected(tmp_path):

@@ -26,43 +26,13 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..records import Triplet
+
 SeedSelection = Literal["first", "all"]
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-
-
-@dataclass(frozen=True)
-class Triplet:
-    """One editing example.
-
-    Attributes:
-        id (`str`): a stable key (the folder name for InstructPix2Pix folders, matching RewardEdit_20K.json).
-        instruction (`str`): the editing instruction.
-        original / edited: image paths (`str`/`Path`), encoded `bytes`, or in-memory PIL images.
-    """
-
-    id: str
-    instruction: str
-    original: Any
-    edited: Any
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError(f"`Triplet.id` must be a non-empty string, got {self.id!r}")
-        if not isinstance(self.instruction, str):
-            raise TypeError(
-                f"`Triplet.instruction` must be a string, got {type(self.instruction).__name__} ({self.id})"
-            )
-
-
-def image_reference(image: Any) -> str | None:
-    """A printable reference for an image: its path, or ``None`` for in-memory images."""
-    if isinstance(image, (str, os.PathLike)):
-        return str(image)
-    return None
 
 
 def _instruction_from_prompt_json(path: Path) -> str:
