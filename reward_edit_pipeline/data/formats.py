@@ -26,6 +26,7 @@ from typing import Any, Literal
 from ..judge.store import AnnotationStore, is_annotation_store
 from ..records import RewardRecord
 from ..rewards import NO_FAILURE_PART, PERSPECTIVES
+from .jsonl import iter_jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -240,10 +241,8 @@ def iter_export_rows(path: str | os.PathLike, columns: list[str] | None = None) 
         with AnnotationStore(path, readonly=True) as store:
             yield from store_rows(store)
     elif kind == "jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield json.loads(line)
+        for _, row in iter_jsonl_objects(path, expected="an export row object"):
+            yield row
     elif kind == "parquet":
         import pyarrow.parquet as pq
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..records import Triplet
+from .jsonl import iter_jsonl_objects
 
 SeedSelection = Literal["first", "all"]
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -122,19 +123,8 @@ def key_folder_triplets(
 
 def _manifest_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as handle:
-            row_number = 0
-            for line_number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{line_number}: not valid JSON ({error})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{line_number}: each line must be a JSON object")
-                yield row_number, row
-                row_number += 1
+        for row_number, (_, row) in enumerate(iter_jsonl_objects(path, expected="a JSON object per line")):
+            yield row_number, row
     elif path.suffix.lower() == ".csv":
         with path.open(encoding="utf-8", newline="") as handle:
             yield from enumerate(csv.DictReader(handle))
