@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,10 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
-
-sys.path.insert(0, str(Path(__file__).parent))
-from reward_edit_pipeline.train.data import (  # noqa: E402
+from reward_edit_pipeline.train.data import (
     EpochShuffleSampler,
     SkipCounter,
     TrainingExample,
@@ -22,11 +18,14 @@ from reward_edit_pipeline.train.data import (  # noqa: E402
     attach_rewards,
     collate_training_batch,
 )
-from reward_edit_pipeline.train.sources import load_training_examples  # noqa: E402
-from test_train_fixtures import single_torch_thread, write_official_rewards, write_triplet_folder  # noqa: E402, F401
+from reward_edit_pipeline.train.sources import load_training_examples
+from torch.utils.data import DataLoader
+from training_data import write_official_rewards, write_triplet_folder
 
-from reward_edit_pipeline.records import RewardRecord  # noqa: E402
-from reward_edit_pipeline.testing import get_dummy_tokenizer  # noqa: E402
+from reward_edit_pipeline.records import RewardRecord
+from reward_edit_pipeline.testing import get_dummy_tokenizer
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def reward(scores: tuple[float, float, float], failure_texts: tuple[str, str, str]) -> RewardRecord:
@@ -52,7 +51,11 @@ def _examples(tmp_path: Path) -> list[TrainingExample]:
         TrainingExample("mismatch", "x", paths["good"], paths["small"], reward((1.0, 1.0, 1.0), ("a", "b", "c"))),
         TrainingExample("truncated", "x", paths["good"], truncated, reward((1.0, 1.0, 1.0), ("a", "b", "c"))),
         TrainingExample(
-            "bytes", "make it blue", paths["good"].read_bytes(), paths["other"], reward((2.0, 2.0, 2.0), ("x", "y", "z"))
+            "bytes",
+            "make it blue",
+            paths["good"].read_bytes(),
+            paths["other"],
+            reward((2.0, 2.0, 2.0), ("x", "y", "z")),
         ),
     ]
 
