@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from ..rewards import validate_score_triple
+from ..rewards import parse_score_text
 from .loaders import BenchmarkItem
 
 SCHEDULERS: tuple[str, ...] = ("euler-ancestral", "model")
@@ -112,15 +112,8 @@ def _format_scores(scores: tuple[float, float, float]) -> str:
 
 
 def parse_reward_scores(text: str, name: str = "--scores") -> tuple[float, float, float]:
-    """Parse ``"5,5,5"`` (following, preserving, quality), each in [0, 5]."""
-    parts = [part.strip() for part in text.split(",")]
-    try:
-        values = [float(part) for part in parts]
-    except ValueError as error:
-        raise ValueError(
-            f"`{name}` must be three comma-separated numbers in [0, 5] (following,preserving,quality), got {text!r}"
-        ) from error
-    return validate_score_triple(values, name=name)
+    """Parse ``"5,5,5"`` (following, preserving, quality), each in [0, 5] (`rewards.parse_score_text`)."""
+    return parse_score_text(text, name=name)
 
 
 def build_settings(
@@ -252,12 +245,10 @@ PipelineLoader = Callable[[EditSetting, GenerationConfig], object]
 
 def default_pipeline_loader(setting: EditSetting, config: GenerationConfig):
     """Load `setting.model` with `reward_edit_pipeline.load_pipeline`, switching to the official scheduler."""
-    import torch
 
     from .. import load_pipeline
 
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(setting.model, device=device, torch_dtype=getattr(torch, config.torch_dtype))
+    pipe = load_pipeline(setting.model, device=config.device, dtype=config.torch_dtype)  # devices.py rules
     if config.scheduler == "euler-ancestral":
         from diffusers import EulerAncestralDiscreteScheduler
 

@@ -107,12 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_judge(args: argparse.Namespace):
-    from ..judge import OpenAIJudge
+    from ..judge.factory import make_judge
 
-    return OpenAIJudge(
+    return make_judge(
         model=args.model,
         base_url=args.base_url,
         api_key_env=args.api_key_env,
+        require_key=not args.dry_run,  # fail before any work when the key is missing
         azure_api_version=args.azure_api_version,
         prompt_version=args.prompt_version,
         prompt_dir=args.prompt_dir,
@@ -141,18 +142,19 @@ def build_pricing(args: argparse.Namespace, judge):
 
 def run(args: argparse.Namespace) -> int:
     import itertools
+    import sqlite3
 
     from ..data import iter_triplets
+    from ._checks import check_store_path
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.max_retries < 0:
         print(f"error: --max-retries must be >= 0, got {args.max_retries}", file=sys.stderr)
         return 2
     try:
+        check_store_path(args.store, must_exist=False)
         judge = build_judge(args)
         pricing = build_pricing(args, judge)
-        if not args.dry_run:
-            judge.api_key()  # fail before any work when the key is missing
         items = iter_triplets(args.input, seeds=args.seeds)
         if args.limit is not None:
             items = itertools.islice(items, args.limit)
@@ -161,6 +163,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = _run(args, items, judge, pricing)
+    except (ValueError, FileNotFoundError, sqlite3.DatabaseError) as error:  # e.g. a bad line in a JSONL manifest
+        judge.close()
+        print(f"error: {error}", file=sys.stderr)
+        print(
+            f"finished judgments (if any) are in {args.store}; fix the input and run again to resume", file=sys.stderr
+        )
+        return 2
     except KeyboardInterrupt:
         print(
             f"interrupted: finished judgments are in {args.store}; run the same command again to resume",
@@ -169,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     judge.close()
     print(summary.format())
+    if summary.items == 0:
+        print(f"warning: --input {args.input} holds no triplets; nothing was annotated", file=sys.stderr)
     if args.dry_run:
         return 0
     return 0 if summary.final_items_done == summary.items else 1
