@@ -156,8 +156,9 @@ def rows_from_path(
     """Dispatch on what `source` is (see module docstring)."""
     if not source.exists():
         raise FileNotFoundError(f"`source` {source} does not exist")
-    is_saved_dataset = (source / "dataset_info.json").is_file() or (source / "state.json").is_file()
-    if source.is_dir() and not is_saved_dataset:
+    from reward_edit_pipeline.data import is_saved_dataset_folder
+
+    if source.is_dir() and not is_saved_dataset_folder(source):
         if not any(source.rglob("*.parquet")):
             raise ValueError(
                 f"`source` {source} is a folder but neither a `save_to_disk` export nor a folder of pushed parquet shards"

@@ -26,7 +26,13 @@ from .formats import (
     store_rows,
 )
 from .official import import_official
-from .triplets import iter_dataset, iter_instruct_pix2pix_folder, iter_manifest, iter_triplets
+from .triplets import (
+    is_saved_dataset_folder,
+    iter_dataset,
+    iter_instruct_pix2pix_folder,
+    iter_manifest,
+    iter_triplets,
+)
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -37,6 +43,7 @@ __all__ = [
     "image_reference",
     "import_official",
     "is_complete_row",
+    "is_saved_dataset_folder",
     "iter_export_rows",
     "iter_dataset",
     "iter_instruct_pix2pix_folder",

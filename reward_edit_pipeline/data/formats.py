@@ -27,6 +27,7 @@ from ..judge.store import AnnotationStore, is_annotation_store
 from ..records import RewardRecord
 from ..rewards import NO_FAILURE_PART, PERSPECTIVES
 from .jsonl import iter_jsonl_objects
+from .triplets import is_saved_dataset_folder
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def detect_format(path: str | os.PathLike) -> str:
     ``"hf-dataset"`` (a folder written by ``Dataset.save_to_disk``). Raises `ValueError` for anything else."""
     path = Path(path)
     if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+        if is_saved_dataset_folder(path):
             return "hf-dataset"
         raise ValueError(f"{path}: a folder must be a saved datasets folder (dataset_info.json)")
     if is_annotation_store(path):
