@@ -16,7 +16,6 @@ with ``on_incomplete="error"``), like `load_reward_records` does.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,8 +24,6 @@ from typing import Any, Literal
 from reward_edit_pipeline.records import RewardRecord
 
 from .dataset_layout import COLUMNS, FAILURE_COLUMNS, SCORE_COLUMNS, RewardRow
-
-logger = logging.getLogger(__name__)
 
 
 def _single_label(values: list[Any]) -> str:
@@ -83,9 +80,9 @@ def rows_from_export(
     on_incomplete: Literal["skip", "error"] = "skip",
 ) -> Iterator[RewardRow]:
     """`RewardRow`s of an annotation store or of its export (see module docstring)."""
-    if on_incomplete not in ("skip", "error"):
-        raise ValueError(f"`on_incomplete` must be 'skip' or 'error', got {on_incomplete!r}")
-    from reward_edit_pipeline.data import is_complete_row, record_from_row
+    from reward_edit_pipeline.data import check_on_incomplete, is_complete_row, record_from_row, report_incomplete
+
+    check_on_incomplete(on_incomplete)
 
     by_id: dict[str, Any] = {}
     if triplets is not None:
@@ -118,14 +115,7 @@ def rows_from_export(
             judge_model=_single_label(row.get("models") or []),
             prompt_id=_single_label(row.get("prompt_ids") or []),
         )
-    if incomplete:
-        message = (
-            f"{source}: {len(incomplete)} item(s) are not judged on all three perspectives and cannot be published "
-            f"(first: {incomplete[:5]}); run `reward-edit annotate` again to complete them"
-        )
-        if on_incomplete == "error":
-            raise ValueError(message)
-        logger.warning(message + "; they are skipped")
+    report_incomplete(source, incomplete, on_incomplete, consequence="cannot be published")
 
 
 def rows_from_pushed_parquet(folder: Path) -> Iterator[RewardRow]:

@@ -14,6 +14,7 @@ Layering: `reward_edit_pipeline.records` (the `Triplet` and `RewardRecord` types
 from ..records import RewardRecord, Triplet, image_reference
 from .formats import (
     EXPORT_FORMATS,
+    check_on_incomplete,
     detect_format,
     export_store,
     is_complete_row,
@@ -23,6 +24,7 @@ from .formats import (
     read_failure_text,
     read_official_json,
     record_from_row,
+    report_incomplete,
     store_rows,
 )
 from .official import import_official
@@ -38,6 +40,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "RewardRecord",
     "Triplet",
+    "check_on_incomplete",
     "detect_format",
     "export_store",
     "image_reference",
@@ -54,5 +57,6 @@ __all__ = [
     "read_failure_text",
     "read_official_json",
     "record_from_row",
+    "report_incomplete",
     "store_rows",
 ]
