@@ -40,25 +40,23 @@ def download_model(
     `allow_patterns` defaults to what a pipeline needs in safetensors form; `allow_pickle=True` adds ``*.bin`` weights
     (only for trusted repos). `revision` is a branch, tag or commit hash.
     """
-    from huggingface_hub import snapshot_download
+    from ..downloads import download_pipeline_files
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
         raise ValueError(f"`repo_id` must look like 'namespace/name', got {repo_id!r}")
     patterns = list(allow_patterns) if allow_patterns is not None else list(PIPELINE_ALLOW_PATTERNS)
     if allow_pickle and allow_patterns is None:
         patterns += PICKLE_WEIGHT_PATTERNS
-    if subfolder:
-        subfolder = subfolder.strip("/")
-        patterns = [f"{subfolder}/{pattern}" for pattern in patterns]
-    snapshot = snapshot_download(
+    folder = download_pipeline_files(  # the package's one Hub download rule
         repo_id,
-        revision=revision,
+        subfolder=subfolder,
         allow_patterns=patterns,
+        name="repo_id",
+        revision=revision,
         local_dir=local_dir,
         cache_dir=cache_dir,
         token=token,
     )
-    folder = Path(snapshot) / subfolder if subfolder else Path(snapshot)
     if not (folder / "model_index.json").is_file():
         where = f"{repo_id}/{subfolder}" if subfolder else repo_id
         raise FileNotFoundError(
