@@ -470,7 +470,7 @@ def fake_comfy(monkeypatch, tmp_path, pipeline):
     fake.install(monkeypatch, root)
     loads = []
 
-    def load_pipeline(source, torch_dtype=None, device=None):
+    def load_pipeline(source, torch_dtype=None, device=None, execution_device=None):
         loads.append((source, torch_dtype))
         return pipeline
 

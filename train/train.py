@@ -244,9 +244,10 @@ def log_validation(
 ) -> list[str]:
     """Edit `--validation_image` with `--validation_prompt` (rewards (5, 5, 5) in stage 2); write PNGs, log images."""
     import numpy as np
-    from PIL import Image
 
-    image = Image.open(args.validation_image).convert("RGB")
+    from ..images import load_rgb_image
+
+    image = load_rgb_image(args.validation_image)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     kwargs: dict[str, Any] = {}
     if args.stage == 2:
