@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-OFFICIAL_MODEL_REPO = "Gstar666/Reward-InsPix2Pix"
-OFFICIAL_STAGE2_SUBFOLDER = "stage2_reward_instruct_pix2pix"
+from ..downloads import OFFICIAL_REPO_ID as OFFICIAL_MODEL_REPO
+from ..downloads import OFFICIAL_STAGE2_FOLDER as OFFICIAL_STAGE2_SUBFOLDER
+
 OFFICIAL_DATASET_REPO = "Gstar666/RewardEdit"
 OFFICIAL_ANNOTATION_FILENAME = "RewardEdit_20K.json"
 
@@ -83,9 +84,6 @@ def pull_model(
     """
     from reward_edit_pipeline import load_pipeline
 
-    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
-        raise ValueError(f"give `dtype` or `torch_dtype` (its older name), not both: got {dtype!r} and {torch_dtype!r}")
-
     folder = download_model(
         repo_id,
         revision=revision,
@@ -95,7 +93,7 @@ def pull_model(
         cache_dir=cache_dir,
         token=token,
     )
-    return load_pipeline(str(folder), device=device, torch_dtype=dtype if dtype is not None else torch_dtype)
+    return load_pipeline(str(folder), device=device, dtype=dtype, torch_dtype=torch_dtype)
 
 
 def pull_official_model(

@@ -22,6 +22,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .extras import MissingExtraError
+
 
 class ExitCode(enum.IntEnum):
     """The exit codes of every verb."""
@@ -142,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(log_level(args.verbose, args.quiet))
     try:
         return int(_load_verb(args.verb).run(args) or ExitCode.OK)
+    except MissingExtraError as error:  # an optional dependency of this verb is not installed
+        print(f"reward-edit {args.verb}: error: {error}", file=sys.stderr)
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         print(f"reward-edit {args.verb}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

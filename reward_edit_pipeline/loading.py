@@ -15,13 +15,17 @@ from typing import Any
 import torch
 
 from .devices import resolve_device, resolve_dtype
-from .downloads import HubUnavailableError, download_pipeline_files, looks_like_repo_id
+from .downloads import (
+    OFFICIAL_REPO_ID,
+    OFFICIAL_STAGE2_FOLDER,
+    HubUnavailableError,
+    download_pipeline_files,
+    looks_like_repo_id,
+)
 from .pipelines.pipeline_reward_edit import DTYPE_KWARG, RewardEditPipeline
 
 logger = logging.getLogger(__name__)
 
-OFFICIAL_REPO_ID = "Gstar666/Reward-InsPix2Pix"
-OFFICIAL_STAGE2_FOLDER = "stage2_reward_instruct_pix2pix"
 DEFAULT_MODEL = OFFICIAL_REPO_ID
 #: key prefixes that only the official release's UNet carries (its reward modules)
 OFFICIAL_REWARD_KEY_PREFIXES: tuple[str, ...] = ("text_linear.", "proj_deal.")

@@ -54,11 +54,6 @@ def test_top_level_help_answers_in_well_under_a_second_without_heavy_imports():
 
 @pytest.mark.parametrize("verb", sorted(VERBS))
 def test_verb_help_imports_no_heavy_library(verb):
-    if verb == "edit":
-        pytest.xfail(
-            "commands/edit.py imports reward_edit_pipeline.loading (torch) for the default model id; the rules "
-            "branch owns both files"
-        )
     report = _help_in_fresh_process(verb)
     assert report["code"] == 0
     assert report["heavy"] == [], f"`reward-edit {verb} --help` imported {report['heavy']}"
@@ -173,3 +168,46 @@ def test_python_dash_m_runs_the_same_cli():
         [sys.executable, "-m", "reward_edit_pipeline", "--version"], capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 0 and result.stdout.startswith("reward-edit ")
+
+
+def test_hub_verbs_exit_2_when_the_hub_refuses_the_request_and_1_when_it_fails():
+    from huggingface_hub.errors import HfHubHTTPError
+    from reward_edit_pipeline.hub._common import hub_error_exit_code
+
+    def http_error(status: int) -> HfHubHTTPError:
+        error = HfHubHTTPError.__new__(HfHubHTTPError)  # what huggingface_hub raises for a response of `status`
+        error.response = types.SimpleNamespace(status_code=status)
+        return error
+
+    assert hub_error_exit_code(http_error(401)) == ExitCode.USAGE  # rejected token
+    assert hub_error_exit_code(http_error(404)) == ExitCode.USAGE  # no such repo
+    assert hub_error_exit_code(http_error(503)) == ExitCode.FAILURE  # the Hub is down
+    assert hub_error_exit_code(ConnectionError("no route to host")) == ExitCode.FAILURE
+
+
+def test_a_missing_extra_is_a_usage_error_naming_the_install_command(fake_verb, capsys):
+    from reward_edit_pipeline.extras import require
+
+    fake_verb.run = lambda args: require("not_an_installed_module_xyz", extra="data", feature="--format parquet")
+    assert main(["fake"]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "reward-edit fake: error: --format parquet needs `not_an_installed_module_xyz`" in err
+    assert 'pip install "reward-edit-pipeline[data]"' in err
+
+
+def test_the_judge_without_openai_names_the_judge_extra(monkeypatch):
+    from reward_edit_pipeline.extras import MissingExtraError
+    from reward_edit_pipeline.judge import OpenAIJudge
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # as if openai were not installed
+    with pytest.raises(MissingExtraError, match=r'pip install "reward-edit-pipeline\[judge\]"'):
+        OpenAIJudge(model="gpt-4o", base_url="http://127.0.0.1:9")
+
+
+def test_cli_checks_before_work_use_the_same_extra_message():
+    from reward_edit_pipeline.commands._checks import BadInputError, require_modules
+    from reward_edit_pipeline.extras import missing_extra_message
+
+    with pytest.raises(BadInputError) as error:
+        require_modules(("json", "not_an_installed_module_xyz"), "data", "--format hf-dataset")
+    assert str(error.value) == missing_extra_message(["not_an_installed_module_xyz"], "data", "--format hf-dataset")
