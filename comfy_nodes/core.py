@@ -21,16 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from reward_edit_pipeline.rewards import MAX_SCORE, MIN_SCORE, PERSPECTIVES, validate_score_triple
 
+from .texts import DTYPE_CHOICES, HUB_ID_CHOICE, MAX_SEED
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-#: the combo entry of `RewardEditLoader.model` that means "load the repository named in `hub_id`"
-HUB_ID_CHOICE = "(Hub id)"
 #: how deep below a models/diffusers folder a pipeline folder (one holding ``model_index.json``) is looked for
 PIPELINE_FOLDER_DEPTH = 2
-DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu")
-DTYPE_CHOICES: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
-MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
 _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

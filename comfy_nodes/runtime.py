@@ -13,11 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .core import (
-    DEVICE_CHOICES,
-    HUB_ID_CHOICE,
     JudgeOutputs,
     PipelineCache,
-    RewardCondition,
     edit_images,
     folder_fingerprint,
     judge_images,
@@ -25,6 +22,7 @@ from .core import (
     resolve_dtype,
     resolve_model_source,
 )
+from .texts import DEVICE_CHOICES, HUB_ID_CHOICE
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +80,9 @@ def _release(pipe: RewardEditPipe) -> None:
 
 def load_pipe(model: str, hub_id: str, device: str, dtype: str) -> RewardEditPipe:
     """`RewardEditLoader`: resolve the model inside models/diffusers (or the Hub id), load it once, cache it."""
-    import comfy.model_management as model_management
     import torch
+
+    import comfy.model_management as model_management
 
     if device not in DEVICE_CHOICES:
         raise ValueError(f"`device` must be one of {DEVICE_CHOICES}, got {device!r}")
@@ -152,18 +151,12 @@ def _progress_hook():
     return on_step
 
 
-def edit(
-    pipe: RewardEditPipe,
-    image: Any,
-    instruction: str,
-    reward: RewardCondition,
-    steps: int,
-    guidance_scale: float,
-    image_guidance_scale: float,
-    seed: int,
-    reward_guidance_scale: float,
-) -> Any:
-    """`RewardEdit`: make room and move the pipeline onto its device, then edit with progress and cancellation."""
+def edit(pipe: RewardEditPipe, image: Any, **settings: Any) -> Any:
+    """`RewardEdit`: make room and move the pipeline onto its device, then edit with progress and cancellation.
+
+    ``settings`` are the node's other inputs by name (``instruction``, ``reward``, ``steps``, ...), passed on to
+    `comfy_nodes.core.edit_images`, which checks them.
+    """
     import comfy.model_management as model_management
 
     if not isinstance(pipe, RewardEditPipe):
@@ -177,18 +170,7 @@ def edit(
         model_management.load_models_gpu([pipe.patcher], **options)
         _gather_on(pipe.patcher.model, pipe.patcher.load_device)
     model_management.throw_exception_if_processing_interrupted()
-    return edit_images(
-        pipe.pipeline,
-        image,
-        instruction,
-        reward,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        image_guidance_scale=image_guidance_scale,
-        seed=seed,
-        reward_guidance_scale=reward_guidance_scale,
-        on_step=_progress_hook(),
-    )
+    return edit_images(pipe.pipeline, image, on_step=_progress_hook(), **settings)
 
 
 def make_judge(model: str, base_url: str) -> Any:

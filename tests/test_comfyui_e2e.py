@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,8 @@ import pytest
 from comfyui_harness import BUILDS, PACK_LINK_NAME, REPO_ROOT, ComfyServer, prepare_comfyui, remove_tree
 from openai_server import OpenAIServer
 from PIL import Image
-from reward_edit_pipeline.comfy_nodes.specs import NODE_SPECS
+from reward_edit_pipeline.comfy_nodes.texts import DISPLAY_NAMES
+from reward_edit_pipeline.comfy_nodes.v1 import V1_NODES
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -88,8 +91,11 @@ def comfy(request, tmp_path_factory, openai_server):
         remove_tree(workdir)
 
 
-def test_pack_imports_and_lists_the_four_nodes_with_spec_inputs(comfy):
+def test_pack_imports_and_lists_the_four_nodes_with_their_declared_inputs(comfy, monkeypatch):
     build, server = comfy
+    folder_paths = types.ModuleType("folder_paths")  # the loader's model list reads ComfyUI's models folder
+    folder_paths.get_folder_paths = lambda name: [str(server.comfy_dir / "models" / name)]
+    monkeypatch.setitem(sys.modules, "folder_paths", folder_paths)
     object_info = server.get("/object_info")
     log = server.log_text()
     failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and PACK_LINK_NAME in line]
@@ -97,16 +103,17 @@ def test_pack_imports_and_lists_the_four_nodes_with_spec_inputs(comfy):
     assert re.search(rf"seconds: \S*{re.escape(PACK_LINK_NAME)}", log), log[-3000:]
     expected_api = "v3" if build.has_v3 else "v1"
     assert f"reward_edit: registered 4 nodes ({expected_api} API)" in log
-    for spec in NODE_SPECS:
-        info = object_info[spec.node_id]
+    for node in V1_NODES:  # both builds show the V1 declaration: V1 itself (2024-03) or the V3 classes (0.3.75)
+        info = object_info[node.__name__]
         assert info["category"] == "reward_edit"
-        assert info["display_name"] == spec.display_name
-        assert info["description"] == spec.description
+        assert info["display_name"] == DISPLAY_NAMES[node.__name__]
+        assert info["description"] == node.DESCRIPTION
         inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
-        assert list(inputs) == [i.name for i in spec.inputs]  # widget order is part of saved workflows
+        declared = node.INPUT_TYPES()
+        assert list(inputs) == [*declared["required"], *declared.get("optional", {})]  # widget order
         assert all(options[1].get("tooltip") for options in inputs.values())
-        assert list(info["output"]) == [o.io_type for o in spec.outputs]
-        assert list(info["output_name"]) == [o.name for o in spec.outputs]
+        assert list(info["output"]) == list(node.RETURN_TYPES)
+        assert list(info["output_name"]) == list(node.RETURN_NAMES)
     if build.has_v3:  # ComfyUI >= 0.3.x lists a pack's example_workflows/ as templates
         templates = server.get("/workflow_templates")
         assert sorted(templates[PACK_LINK_NAME]) == ["reward_edit", "reward_edit_judge"]
