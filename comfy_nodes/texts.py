@@ -23,12 +23,12 @@ DISPLAY_NAMES: dict[str, str] = {
 }
 
 # ------------------------------------------------------------------------------------------------ RewardEditLoader
-LOADER_DESCRIPTION = (
+_LOADER_DESCRIPTION = (
     "Loads a multi-reward InstructPix2Pix pipeline (Gu et al., ICLR 2025) from ComfyUI's models/diffusers folder "
     "or from the Hugging Face Hub. The pipeline stays cached between runs; with device 'auto' ComfyUI's model "
     "management moves it onto the GPU for each edit and offloads it when other models need the memory."
 )
-LOADER_TOOLTIPS: dict[str, str] = {
+_LOADER_TOOLTIPS: dict[str, str] = {
     "model": (
         "A pipeline folder (one holding model_index.json) inside models/diffusers, or "
         f"'{HUB_ID_CHOICE}' to load the repository named in hub_id. Accepted: our saved pipelines, stock "
@@ -47,7 +47,7 @@ LOADER_TOOLTIPS: dict[str, str] = {
 }
 
 # ------------------------------------------------------------------------------------------------ RewardCondition
-CONDITION_DESCRIPTION = (
+_CONDITION_DESCRIPTION = (
     "The reward condition of an edit: target scores for instruction following, detail preserving and generation "
     "quality (0-5), plus an optional failure text. Scores of 5 with an empty failure text are the paper's "
     "'no failure' condition."
@@ -56,7 +56,7 @@ _SCORE_TOOLTIP = (
     "Target {what} score, 0 (worst) to 5 (best). The model was trained with the judge's scores as conditions; "
     "5 asks for the best {what} (the paper's inference setting is 5, 5, 5)."
 )
-CONDITION_TOOLTIPS: dict[str, str] = {
+_CONDITION_TOOLTIPS: dict[str, str] = {
     "following": _SCORE_TOOLTIP.format(what="instruction-following"),
     "preserving": _SCORE_TOOLTIP.format(what="detail-preserving"),
     "quality": _SCORE_TOOLTIP.format(what="generation-quality"),
@@ -69,12 +69,12 @@ CONDITION_TOOLTIPS: dict[str, str] = {
 }
 
 # ------------------------------------------------------------------------------------------------ RewardEdit
-EDIT_DESCRIPTION = (
+_EDIT_DESCRIPTION = (
     "Edits every image of the batch following the instruction, conditioned on the reward condition "
     "(InstructPix2Pix with multi-reward conditioning). Image i of a batch uses seed + i. Height and width must be "
     "multiples of 8."
 )
-EDIT_TOOLTIPS: dict[str, str] = {
+_EDIT_TOOLTIPS: dict[str, str] = {
     "pipe": "The pipeline from Reward Edit Loader.",
     "image": "The image(s) to edit; every image of a batch is edited.",
     "instruction": "The editing instruction, e.g. 'make it look like winter'.",
@@ -90,12 +90,12 @@ EDIT_TOOLTIPS: dict[str, str] = {
 }
 
 # ------------------------------------------------------------------------------------------------ RewardJudge
-JUDGE_DESCRIPTION = (
+_JUDGE_DESCRIPTION = (
     "Grades an edit with an LVLM judge behind an OpenAI-compatible API, from the paper's three perspectives: "
     "instruction following, detail preserving, generation quality (0-5 each), plus the failure points. "
     "The API key is read from the OPENAI_API_KEY environment variable only, never from the workflow."
 )
-JUDGE_TOOLTIPS: dict[str, str] = {
+_JUDGE_TOOLTIPS: dict[str, str] = {
     "original": "The image before editing (1 image, or one per edited image).",
     "edited": "The edited image(s).",
     "instruction": "The instruction the edit was made from.",
@@ -107,4 +107,19 @@ JUDGE_TOOLTIPS: dict[str, str] = {
     "feedback": (
         "Failure points per image, one line each, as 'following; preserving; quality' (usable as failure_text)."
     ),
+}
+
+#: node id → description shown on the node
+DESCRIPTIONS: dict[str, str] = {
+    "RewardEditLoader": _LOADER_DESCRIPTION,
+    "RewardCondition": _CONDITION_DESCRIPTION,
+    "RewardEdit": _EDIT_DESCRIPTION,
+    "RewardJudge": _JUDGE_DESCRIPTION,
+}
+#: node id → input or output name → tooltip
+TOOLTIPS: dict[str, dict[str, str]] = {
+    "RewardEditLoader": _LOADER_TOOLTIPS,
+    "RewardCondition": _CONDITION_TOOLTIPS,
+    "RewardEdit": _EDIT_TOOLTIPS,
+    "RewardJudge": _JUDGE_TOOLTIPS,
 }

@@ -1,8 +1,9 @@
 """V1 node classes (``INPUT_TYPES``/``RETURN_TYPES``/``FUNCTION``), for ComfyUI builds without ``comfy_api.v0_0_2``.
 
 Each class declares its inputs in widget order (saved workflows store widget values by position) and hands the inputs,
-by name, to the node's one implementation in `comfy_nodes.runtime`. `comfy_nodes.v3` declares the same nodes for the V3
-API; ``tests/test_comfy_nodes.py`` checks both declarations against each other in a real ComfyUI 0.3.75.
+by name, to the node's one implementation (`comfy_nodes.runtime`, `comfy_nodes.core`). `comfy_nodes.v3` declares the
+same nodes for the V3 API; ``tests/test_comfy_nodes.py`` checks both declarations against each other in a real
+ComfyUI 0.3.75.
 """
 
 from __future__ import annotations
@@ -11,41 +12,39 @@ from typing import Any
 
 from . import runtime
 from .core import make_reward_condition
-from .texts import (
-    CATEGORY,
-    CONDITION_DESCRIPTION,
-    CONDITION_TOOLTIPS,
-    CONDITION_TYPE,
-    DEVICE_CHOICES,
-    DTYPE_CHOICES,
-    EDIT_DESCRIPTION,
-    EDIT_TOOLTIPS,
-    JUDGE_DESCRIPTION,
-    JUDGE_TOOLTIPS,
-    LOADER_DESCRIPTION,
-    LOADER_TOOLTIPS,
-    MAX_SEED,
-    PIPE_TYPE,
-)
+from .texts import CATEGORY, CONDITION_TYPE, DESCRIPTIONS, DEVICE_CHOICES, DTYPE_CHOICES, MAX_SEED, PIPE_TYPE, TOOLTIPS
 
 
-class RewardEditLoader:
-    DESCRIPTION = LOADER_DESCRIPTION
+class _V1Node:
+    """What every V1 node here shares: category, function name, and its words from `comfy_nodes.texts`."""
+
     CATEGORY = CATEGORY
+    FUNCTION = "execute"
+    RETURN_NAMES: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.DESCRIPTION = DESCRIPTIONS[cls.__name__]
+        cls.OUTPUT_TOOLTIPS = tuple(TOOLTIPS[cls.__name__][name] for name in cls.RETURN_NAMES)
+
+    @classmethod
+    def tooltip(cls, name: str) -> dict[str, str]:
+        return {"tooltip": TOOLTIPS[cls.__name__][name]}
+
+
+class RewardEditLoader(_V1Node):
     RETURN_TYPES = (PIPE_TYPE,)
     RETURN_NAMES = ("pipe",)
-    OUTPUT_TOOLTIPS = (LOADER_TOOLTIPS["pipe"],)
-    FUNCTION = "execute"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802 (ComfyUI's name)
-        tips = LOADER_TOOLTIPS
+        tip = cls.tooltip
         return {
             "required": {
-                "model": (runtime.loader_model_options(), {"tooltip": tips["model"]}),
-                "hub_id": ("STRING", {"default": "", "multiline": False, "tooltip": tips["hub_id"]}),
-                "device": (list(DEVICE_CHOICES), {"default": "auto", "tooltip": tips["device"]}),
-                "dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": tips["dtype"]}),
+                "model": (runtime.loader_model_options(), tip("model")),
+                "hub_id": ("STRING", {"default": "", "multiline": False, **tip("hub_id")}),
+                "device": (list(DEVICE_CHOICES), {"default": "auto", **tip("device")}),
+                "dtype": (list(DTYPE_CHOICES), {"default": "auto", **tip("dtype")}),
             }
         }
 
@@ -53,58 +52,48 @@ class RewardEditLoader:
         return (runtime.load_pipe(**inputs),)
 
 
-class RewardCondition:
-    DESCRIPTION = CONDITION_DESCRIPTION
-    CATEGORY = CATEGORY
+class RewardCondition(_V1Node):
     RETURN_TYPES = (CONDITION_TYPE,)
     RETURN_NAMES = ("reward",)
-    OUTPUT_TOOLTIPS = (CONDITION_TOOLTIPS["reward"],)
-    FUNCTION = "execute"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802
-        tips = CONDITION_TOOLTIPS
+        tip = cls.tooltip
         score = {"default": 5.0, "min": 0.0, "max": 5.0, "step": 0.5}
         return {
             "required": {
-                "following": ("FLOAT", {**score, "tooltip": tips["following"]}),
-                "preserving": ("FLOAT", {**score, "tooltip": tips["preserving"]}),
-                "quality": ("FLOAT", {**score, "tooltip": tips["quality"]}),
+                "following": ("FLOAT", {**score, **tip("following")}),
+                "preserving": ("FLOAT", {**score, **tip("preserving")}),
+                "quality": ("FLOAT", {**score, **tip("quality")}),
             },
-            "optional": {
-                "failure_text": ("STRING", {"default": "", "multiline": True, "tooltip": tips["failure_text"]}),
-            },
+            "optional": {"failure_text": ("STRING", {"default": "", "multiline": True, **tip("failure_text")})},
         }
 
     def execute(self, **inputs: Any) -> tuple[Any]:
         return (make_reward_condition(**inputs),)
 
 
-class RewardEdit:
-    DESCRIPTION = EDIT_DESCRIPTION
-    CATEGORY = CATEGORY
+class RewardEdit(_V1Node):
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("edited",)
-    OUTPUT_TOOLTIPS = (EDIT_TOOLTIPS["edited"],)
-    FUNCTION = "execute"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802
-        tips = EDIT_TOOLTIPS
+        tip = cls.tooltip
         return {
             "required": {
-                "pipe": (PIPE_TYPE, {"tooltip": tips["pipe"]}),
-                "image": ("IMAGE", {"tooltip": tips["image"]}),
-                "instruction": ("STRING", {"default": "", "multiline": True, "tooltip": tips["instruction"]}),
-                "reward": (CONDITION_TYPE, {"tooltip": tips["reward"]}),
-                "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "step": 1, "tooltip": tips["steps"]}),
+                "pipe": (PIPE_TYPE, tip("pipe")),
+                "image": ("IMAGE", tip("image")),
+                "instruction": ("STRING", {"default": "", "multiline": True, **tip("instruction")}),
+                "reward": (CONDITION_TYPE, tip("reward")),
+                "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "step": 1, **tip("steps")}),
                 "guidance_scale": (
                     "FLOAT",
-                    {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": tips["guidance_scale"]},
+                    {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1, **tip("guidance_scale")},
                 ),
                 "image_guidance_scale": (
                     "FLOAT",
-                    {"default": 1.5, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip": tips["image_guidance_scale"]},
+                    {"default": 1.5, "min": 0.0, "max": 10.0, "step": 0.05, **tip("image_guidance_scale")},
                 ),
                 "seed": (
                     "INT",
@@ -114,12 +103,12 @@ class RewardEdit:
                         "max": MAX_SEED,
                         "step": 1,
                         "control_after_generate": True,
-                        "tooltip": tips["seed"],
+                        **tip("seed"),
                     },
                 ),
                 "reward_guidance_scale": (
                     "FLOAT",
-                    {"default": 1.0, "min": 1.0, "max": 10.0, "step": 0.1, "tooltip": tips["reward_guidance_scale"]},
+                    {"default": 1.0, "min": 1.0, "max": 10.0, "step": 0.1, **tip("reward_guidance_scale")},
                 ),
             }
         }
@@ -128,25 +117,21 @@ class RewardEdit:
         return (runtime.edit(**inputs),)
 
 
-class RewardJudge:
-    DESCRIPTION = JUDGE_DESCRIPTION
-    CATEGORY = CATEGORY
+class RewardJudge(_V1Node):
     RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "STRING")
     RETURN_NAMES = ("following", "preserving", "quality", "feedback")
-    OUTPUT_TOOLTIPS = tuple(JUDGE_TOOLTIPS[name] for name in RETURN_NAMES)
-    FUNCTION = "execute"
     OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802
-        tips = JUDGE_TOOLTIPS
+        tip = cls.tooltip
         return {
             "required": {
-                "original": ("IMAGE", {"tooltip": tips["original"]}),
-                "edited": ("IMAGE", {"tooltip": tips["edited"]}),
-                "instruction": ("STRING", {"default": "", "multiline": True, "tooltip": tips["instruction"]}),
-                "model": ("STRING", {"default": "gpt-4o", "multiline": False, "tooltip": tips["model"]}),
-                "base_url": ("STRING", {"default": "", "multiline": False, "tooltip": tips["base_url"]}),
+                "original": ("IMAGE", tip("original")),
+                "edited": ("IMAGE", tip("edited")),
+                "instruction": ("STRING", {"default": "", "multiline": True, **tip("instruction")}),
+                "model": ("STRING", {"default": "gpt-4o", "multiline": False, **tip("model")}),
+                "base_url": ("STRING", {"default": "", "multiline": False, **tip("base_url")}),
             }
         }
 

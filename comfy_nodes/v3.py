@@ -3,7 +3,7 @@
 
 Imported only where ``comfy_api.v0_0_2`` exists (see `comfy_nodes.__init__`). Same node ids, input names, widget order
 and words (`comfy_nodes.texts`) as the V1 classes in `comfy_nodes.v1`; each ``execute`` hands the inputs, by name, to
-the node's one implementation in `comfy_nodes.runtime`.
+the node's one implementation (`comfy_nodes.runtime`, `comfy_nodes.core`).
 """
 
 from __future__ import annotations
@@ -16,35 +16,39 @@ from . import runtime
 from .core import make_reward_condition
 from .texts import (
     CATEGORY,
-    CONDITION_DESCRIPTION,
-    CONDITION_TOOLTIPS,
     CONDITION_TYPE,
+    DESCRIPTIONS,
     DEVICE_CHOICES,
     DISPLAY_NAMES,
     DTYPE_CHOICES,
-    EDIT_DESCRIPTION,
-    EDIT_TOOLTIPS,
-    JUDGE_DESCRIPTION,
-    JUDGE_TOOLTIPS,
-    LOADER_DESCRIPTION,
-    LOADER_TOOLTIPS,
     MAX_SEED,
     PIPE_TYPE,
+    TOOLTIPS,
 )
 
 RewardEditPipe = io.Custom(PIPE_TYPE)
 RewardConditionSocket = io.Custom(CONDITION_TYPE)
 
 
+def _schema(node_id: str, inputs: list[io.Input], outputs: list[io.Output], **options: Any) -> io.Schema:
+    """A schema with the node's display name, category and description from `comfy_nodes.texts`."""
+    return io.Schema(
+        node_id=node_id,
+        display_name=DISPLAY_NAMES[node_id],
+        category=CATEGORY,
+        description=DESCRIPTIONS[node_id],
+        inputs=inputs,
+        outputs=outputs,
+        **options,
+    )
+
+
 class RewardEditLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        tips = LOADER_TOOLTIPS
-        return io.Schema(
-            node_id="RewardEditLoader",
-            display_name=DISPLAY_NAMES["RewardEditLoader"],
-            category=CATEGORY,
-            description=LOADER_DESCRIPTION,
+        tips = TOOLTIPS["RewardEditLoader"]
+        return _schema(
+            "RewardEditLoader",
             inputs=[
                 io.Combo.Input("model", options=runtime.loader_model_options(), tooltip=tips["model"]),
                 io.String.Input("hub_id", default="", tooltip=tips["hub_id"]),
@@ -62,13 +66,10 @@ class RewardEditLoader(io.ComfyNode):
 class RewardCondition(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        tips = CONDITION_TOOLTIPS
+        tips = TOOLTIPS["RewardCondition"]
         score = {"default": 5.0, "min": 0.0, "max": 5.0, "step": 0.5}
-        return io.Schema(
-            node_id="RewardCondition",
-            display_name=DISPLAY_NAMES["RewardCondition"],
-            category=CATEGORY,
-            description=CONDITION_DESCRIPTION,
+        return _schema(
+            "RewardCondition",
             inputs=[
                 io.Float.Input("following", **score, tooltip=tips["following"]),
                 io.Float.Input("preserving", **score, tooltip=tips["preserving"]),
@@ -88,12 +89,9 @@ class RewardCondition(io.ComfyNode):
 class RewardEdit(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        tips = EDIT_TOOLTIPS
-        return io.Schema(
-            node_id="RewardEdit",
-            display_name=DISPLAY_NAMES["RewardEdit"],
-            category=CATEGORY,
-            description=EDIT_DESCRIPTION,
+        tips = TOOLTIPS["RewardEdit"]
+        return _schema(
+            "RewardEdit",
             inputs=[
                 RewardEditPipe.Input("pipe", tooltip=tips["pipe"]),
                 io.Image.Input("image", tooltip=tips["image"]),
@@ -134,12 +132,9 @@ class RewardEdit(io.ComfyNode):
 class RewardJudge(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        tips = JUDGE_TOOLTIPS
-        return io.Schema(
-            node_id="RewardJudge",
-            display_name=DISPLAY_NAMES["RewardJudge"],
-            category=CATEGORY,
-            description=JUDGE_DESCRIPTION,
+        tips = TOOLTIPS["RewardJudge"]
+        return _schema(
+            "RewardJudge",
             inputs=[
                 io.Image.Input("original", tooltip=tips["original"]),
                 io.Image.Input("edited", tooltip=tips["edited"]),
