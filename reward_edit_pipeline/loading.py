@@ -14,18 +14,28 @@ from typing import Any
 
 import torch
 
-from .pipelines.pipeline_reward_edit import DTYPE_KWARG, PIPELINE_ALLOW_PATTERNS, RewardEditPipeline
+from .devices import resolve_device, resolve_dtype
+from .downloads import HubUnavailableError, download_pipeline_files, looks_like_repo_id
+from .pipelines.pipeline_reward_edit import DTYPE_KWARG, RewardEditPipeline
 
 logger = logging.getLogger(__name__)
 
 OFFICIAL_REPO_ID = "Gstar666/Reward-InsPix2Pix"
 OFFICIAL_STAGE2_FOLDER = "stage2_reward_instruct_pix2pix"
 DEFAULT_MODEL = OFFICIAL_REPO_ID
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: key prefixes that only the official release's UNet carries (its reward modules)
+OFFICIAL_REWARD_KEY_PREFIXES: tuple[str, ...] = ("text_linear.", "proj_deal.")
 
-
-class HubUnavailableError(RuntimeError):
-    """The Hugging Face Hub could not be reached (offline, blocked, or no network) and nothing is cached."""
+__all__ = [
+    "HubUnavailableError",
+    "convert_official",
+    "detect_layout",
+    "has_official_reward_keys",
+    "load_local_pipeline",
+    "load_pipeline",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 
 def converted_cache_dir() -> Path:
@@ -36,8 +46,13 @@ def converted_cache_dir() -> Path:
 
 def detect_layout(folder: str | os.PathLike) -> str:
     """Classify a local folder: `"reward"` (saved RewardEditPipeline), `"official"` (official stage-2 folder),
-    `"official-root"` (the release root holding `stage2_reward_instruct_pix2pix/`), `"instruct-pix2pix"`."""
+    `"official-root"` (the release root holding `stage2_reward_instruct_pix2pix/`), `"instruct-pix2pix"`.
+
+    The one release-layout rule: the pipeline loaders and the trainer (`--pretrained_model_name_or_path`) call it.
+    """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"`model` folder {str(folder)!r} does not exist (or is not a folder)")
     if (folder / OFFICIAL_STAGE2_FOLDER / "model_index.json").is_file():
         return "official-root"
     index_path = folder / "model_index.json"
@@ -49,22 +64,26 @@ def detect_layout(folder: str | os.PathLike) -> str:
     unet_entry = model_index.get("unet") or [None, None]
     if unet_entry[1] == "RewardUNet2DConditionModel":
         return "reward"
-    if _has_official_reward_keys(folder / "unet"):
+    if has_official_reward_keys(folder / "unet"):
         return "official"
     return "instruct-pix2pix"
 
 
-def _has_official_reward_keys(unet_folder: Path) -> bool:
+def has_official_reward_keys(unet_folder: str | os.PathLike) -> bool:
+    """Whether a local UNet folder's safetensors weights (single file or sharded) carry the official reward keys."""
     from safetensors import safe_open
 
+    unet_folder = Path(unet_folder)
     weights = unet_folder / "diffusion_pytorch_model.safetensors"
     index = unet_folder / "diffusion_pytorch_model.safetensors.index.json"
     if index.is_file():
-        return "text_linear.weight" in json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    if weights.is_file():
+        keys = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    elif weights.is_file():
         with safe_open(str(weights), framework="pt") as handle:
-            return "text_linear.weight" in handle.keys()
-    return False
+            keys = list(handle.keys())
+    else:
+        return False
+    return any(key.startswith(OFFICIAL_REWARD_KEY_PREFIXES) for key in keys)
 
 
 def load_local_pipeline(folder: str | os.PathLike, **kwargs: Any) -> RewardEditPipeline:
@@ -84,19 +103,6 @@ def load_local_pipeline(folder: str | os.PathLike, **kwargs: Any) -> RewardEditP
     return RewardEditPipeline.from_instruct_pix2pix(folder, **kwargs)
 
 
-def _snapshot(repo_id: str, revision: str | None, allow_patterns: list[str] | None) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError) as error:
-        raise HubUnavailableError(
-            f"cannot reach the Hugging Face Hub to download {repo_id!r} and it is not in the local cache "
-            f"({type(error).__name__}); pass a local pipeline folder with --model PATH (model=PATH)"
-        ) from error
-
-
 def convert_official(
     repo_id: str = OFFICIAL_REPO_ID, revision: str | None = None, output_dir: str | os.PathLike | None = None
 ) -> Path:
@@ -111,9 +117,9 @@ def convert_official(
     )
     if (target / "model_index.json").is_file():
         return target
-    snapshot = _snapshot(repo_id, revision, [f"{OFFICIAL_STAGE2_FOLDER}/*", f"{OFFICIAL_STAGE2_FOLDER}/**/*"])
+    stage2 = download_pipeline_files(repo_id, subfolder=OFFICIAL_STAGE2_FOLDER, name="model", revision=revision)
     logger.info("converting the official weights from %s to %s (once)", repo_id, target)
-    pipe = RewardEditPipeline.from_official(snapshot / OFFICIAL_STAGE2_FOLDER)
+    pipe = RewardEditPipeline.from_official(stage2)
     partial = target.with_name(target.name + ".partial")  # written aside, then renamed: no half folder on crash
     shutil.rmtree(partial, ignore_errors=True)
     pipe.save_pretrained(partial)
@@ -122,43 +128,38 @@ def convert_official(
     return target
 
 
-def resolve_dtype(torch_dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
-    """`None`/`"auto"` → float16 on CUDA, float32 elsewhere; names from `DTYPES`."""
-    if isinstance(torch_dtype, torch.dtype):
-        return torch_dtype
-    if torch_dtype in (None, "auto"):
-        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-    if torch_dtype not in DTYPES:
-        raise ValueError(f"`torch_dtype` must be one of {['auto', *DTYPES]}, got {torch_dtype!r}")
-    return DTYPES[torch_dtype]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`None`/`"auto"` → CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_pipeline(
     model: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device | None = None,
     torch_dtype: str | torch.dtype | None = None,
     revision: str | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> RewardEditPipeline:
-    """Load a `RewardEditPipeline` from a local folder or a Hub repo id and move it to `device`/`torch_dtype`.
+    """Load a `RewardEditPipeline` from a local folder or a Hub repo id and move it to `device`/`dtype`.
 
-    The official repo id (`Gstar666/Reward-InsPix2Pix`, the default) is converted once and cached. Raises
-    `HubUnavailableError` when a repo id is needed but the Hub cannot be reached.
+    `device` and `dtype` (``torch_dtype`` is its older name) follow `reward_edit_pipeline.devices` (``"auto"``: CUDA
+    and float16 when available; float16 on the CPU is refused). The official repo id (`Gstar666/Reward-InsPix2Pix`,
+    the default) is converted once and cached. A path that does not exist raises `FileNotFoundError`; a repo id the
+    Hub cannot serve raises `HubUnavailableError`.
     """
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"give `dtype` or `torch_dtype` (its older name), not both: got {dtype!r} and {torch_dtype!r}")
     device = resolve_device(device)
-    dtype = resolve_dtype(torch_dtype, device)
+    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, device)
     if os.path.isdir(model):
         pipe = load_local_pipeline(model, **{DTYPE_KWARG: dtype})
+    elif os.path.exists(model):
+        raise FileNotFoundError(
+            f"`model` {os.fspath(model)!r} is a file; give a pipeline folder (with model_index.json)"
+        )
     elif str(model) == OFFICIAL_REPO_ID:
         pipe = RewardEditPipeline.from_pretrained(convert_official(str(model), revision), **{DTYPE_KWARG: dtype})
-    elif isinstance(model, str) and model.count("/") == 1 and not os.path.exists(model):
-        pipe = load_local_pipeline(_snapshot(model, revision, list(PIPELINE_ALLOW_PATTERNS)), **{DTYPE_KWARG: dtype})
+    elif looks_like_repo_id(model):
+        pipe = load_local_pipeline(
+            download_pipeline_files(str(model), name="model", revision=revision), **{DTYPE_KWARG: dtype}
+        )
     else:
-        raise FileNotFoundError(f"`model` {str(model)!r} is neither a local folder nor a Hub repo id (owner/name)")
+        raise FileNotFoundError(
+            f"`model` folder {os.fspath(model)!r} does not exist (and it is not a Hub repo id of the form owner/name)"
+        )
     return pipe.to(device)

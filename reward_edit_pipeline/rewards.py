@@ -8,7 +8,9 @@ is the three per-perspective failure texts joined with ``"; "``; a perspective w
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+from typing import Any
 
 PERSPECTIVES: tuple[str, str, str] = ("following", "preserving", "quality")
 MIN_SCORE: float = 0.0
@@ -43,6 +45,80 @@ def validate_score_triple(scores: Sequence[float], name: str = "reward_scores") 
     return values[0], values[1], values[2]
 
 
+_SCORE_SEPARATOR = re.compile(r"\s*,\s*|\s+")
+
+
+def parse_score_text(text: str, name: str = "reward_scores") -> tuple[float, float, float]:
+    """Parse ``"5,5,5"``, ``"5, 4.5, 5"`` or ``"5 5 5"`` into a validated (following, preserving, quality) triple.
+
+    Raises `ValueError` naming `name`, the expected format and the range [0, 5]; never clamps.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"`{name}` must be a text like '5,5,5', got {type(text).__name__}")
+    parts = [part for part in _SCORE_SEPARATOR.split(text.strip()) if part]
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        raise ValueError(
+            f"`{name}` must be three comma-separated numbers in [{MIN_SCORE:g}, {MAX_SCORE:g}] "
+            f"(following,preserving,quality; spaces also separate), got {text!r}"
+        ) from None
+    return validate_score_triple(values, name=name)
+
+
+def _as_nested_list(value: Any) -> Any:
+    """numpy arrays and torch tensors (duck-typed, so this module needs neither) → nested Python lists."""
+    if hasattr(value, "detach"):  # torch.Tensor
+        value = value.detach().cpu()
+    if hasattr(value, "tolist") and hasattr(value, "shape"):
+        return value.tolist()
+    return value
+
+
+def parse_reward_scores(
+    reward_scores: Any, batch_size: int | None = None, name: str = "reward_scores"
+) -> list[tuple[float, float, float]]:
+    """The one parser for reward scores, used by every front end. Returns validated rows (one triple per prompt).
+
+    Accepts a text (``"5,5,5"``, ``"5 5 5"``), a triple (list/tuple of numbers), a list of triples, a numpy array or a
+    torch tensor of shape ``[3]`` or ``[B, 3]``. With `batch_size`, one triple is repeated for every prompt and a
+    list of triples must hold exactly `batch_size` of them. Each value must be a finite number in [0, 5]; nothing is
+    clamped. Errors are `ValueError`/`TypeError` naming `name` and the accepted range.
+    """
+    shape = getattr(reward_scores, "shape", None)
+    if shape is not None and (len(shape) not in (1, 2) or shape[-1] != len(PERSPECTIVES)):
+        raise ValueError(f"`{name}` must have shape [3] or [B, 3] (following, preserving, quality), got {tuple(shape)}")
+    value = _as_nested_list(reward_scores)
+    if isinstance(value, str):
+        rows = [parse_score_text(value, name=name)]
+    elif isinstance(value, Sequence) and not isinstance(value, bytes):
+        if len(value) > 0 and all(isinstance(row, Sequence) and not isinstance(row, (str, bytes)) for row in value):
+            if any(isinstance(item, Sequence) for row in value for item in row):
+                raise ValueError(
+                    f"`{name}` must have shape [3] or [B, 3] (following, preserving, quality), got a deeper nesting"
+                )
+            rows = [validate_score_triple(row, name=f"{name}[{index}]") for index, row in enumerate(value)]
+        elif len(value) > 0 and any(isinstance(row, Sequence) and not isinstance(row, str) for row in value):
+            raise ValueError(f"`{name}` mixes numbers and triples: {value!r}; pass one triple or a list of triples")
+        else:
+            rows = [validate_score_triple(value, name=name)]
+    else:
+        raise TypeError(
+            f"`{name}` must be three numbers in [{MIN_SCORE:g}, {MAX_SCORE:g}] (following, preserving, quality): "
+            f"a text like '5,5,5', a triple, a list of triples, or an array/tensor of shape [3] or [B, 3]; "
+            f"got {type(reward_scores).__name__}"
+        )
+    if batch_size is not None:
+        if len(rows) == 1:
+            rows = rows * batch_size
+        elif len(rows) != batch_size:
+            raise ValueError(
+                f"`{name}` must have shape [3] or [{batch_size}, 3] (one triple, or one per prompt): it has "
+                f"{len(rows)} triples but the batch has {batch_size} prompts"
+            )
+    return rows
+
+
 def join_failure_texts(texts: Sequence[str | None], separator: str = FAILURE_TEXT_SEPARATOR) -> str:
     """Join per-perspective failure texts in score order, writing ``"None"`` for a missing or empty one.
 
@@ -65,18 +141,33 @@ def join_failure_texts(texts: Sequence[str | None], separator: str = FAILURE_TEX
 def resolve_failure_text(
     failure_text: str | Sequence[str | None] | None, no_failure_text: str = DEFAULT_NO_FAILURE_TEXT
 ) -> str:
-    """Map one user-facing failure-text value to the string the model is conditioned on.
+    """Map one user-facing failure-text value to the string the model is conditioned on (every front end calls this).
 
-    - ``None`` → the loaded model's "no failure" convention (``no_failure_text``);
-    - a string → used as is (already joined);
-    - a 3-tuple/list of per-perspective texts → joined with `join_failure_texts`.
+    ====================================================  ==================================================
+    value                                                 text the model is conditioned on
+    ====================================================  ==================================================
+    ``None``                                              ``no_failure_text`` (the model's "no failure"
+                                                          convention, ``"None; None; None"`` for the paper)
+    ``""`` or blank (only whitespace)                     ``no_failure_text`` (same as ``None``)
+    a non-blank string                                    the string, stripped of surrounding whitespace
+    ``(following, preserving, quality)`` 3-tuple/list     joined with ``"; "``, a ``None``/blank entry written
+                                                          ``"None"``; all three ``None``/blank → same as ``None``
+    ====================================================  ==================================================
+
+    (For a batch, the pipeline also takes a *list* with one of these values per prompt.) Anything else raises a
+    `TypeError` naming `failure_text`.
     """
     if failure_text is None:
         return no_failure_text
     if isinstance(failure_text, str):
-        return failure_text
-    if isinstance(failure_text, Sequence):
-        return join_failure_texts(failure_text)
+        return failure_text.strip() or no_failure_text
+    if isinstance(failure_text, Sequence) and not isinstance(failure_text, bytes):
+        joined = join_failure_texts(failure_text)
+        if all(part == NO_FAILURE_PART for part in joined.split(FAILURE_TEXT_SEPARATOR)) and all(
+            entry is None or not str(entry).strip() for entry in failure_text
+        ):
+            return no_failure_text
+        return joined
     raise TypeError(
         "`failure_text` must be None, a string, or a 3-tuple of per-perspective strings, "
         f"got {type(failure_text).__name__}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -210,11 +209,13 @@ def test_reward_guidance_adds_a_null_reward_branch_and_changes_the_edit(pipe):
     assert np.abs(plain - guided).max() > 1e-4
 
 
-def test_odd_image_sizes_are_resized_with_a_notice(pipe, caplog):
-    with caplog.at_level(logging.WARNING):
-        result = edit(pipe, image=dummy_image(size=(33, 35)))
-    assert result.shape == (1, 34, 32, 3)
-    assert "not a multiple of 2" in caplog.text
+def test_odd_image_sizes_are_padded_and_cropped_back_to_the_input_size(pipe):
+    image = dummy_image(size=(33, 35))
+    result = edit(pipe, image=image)
+    assert result.shape == (1, 35, 33, 3)  # the output has the input's exact size
+    # independent computation: pad by hand (edge pixels repeated) to a multiple of the VAE factor, edit, crop
+    padded = Image.fromarray(np.pad(np.asarray(image), ((0, 1), (0, 1), (0, 0)), mode="edge"))
+    np.testing.assert_allclose(result, edit(pipe, image=padded)[:, :35, :33], atol=1e-5)
 
 
 @pytest.mark.parametrize(

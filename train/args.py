@@ -169,7 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=str,
         default="fp16",
         choices=MIXED_PRECISION_CHOICES,
-        help="fp16 (paper) and bf16 need a GPU; use `no` on CPU. The VAE and text encoder run in this dtype.",
+        help="fp16 (the paper's, default) needs a GPU; on the CPU use `no` or bf16. The VAE and text encoder run in this dtype.",
     )
     group.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
 

@@ -59,35 +59,17 @@ def encode_prompt_ids(text_encoder: Any, input_ids: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def encode_failure_text_ids(text_encoder: Any, input_ids: torch.Tensor) -> torch.Tensor:
-    """Pooled text embedding `[B, D]` of failure-text token ids: `text_encoder(ids)[1]`, as
-    `RewardEditPipeline.encode_failure_text` computes it.
-
-    The padding after the batch's last end-of-text token is cut off first: CLIP's text transformer is causal, so
-    later tokens cannot change the pooled output (the hidden state at each sequence's first end-of-text token). Same
-    result up to float rounding, less compute for short failure texts.
-    """
-    if input_ids.device.type != "meta":
-        eos_token_id = text_encoder.config.eos_token_id
-        if eos_token_id == 2:  # legacy CLIP configs pool at argmax(ids): the end-of-text token has the largest id
-            ends = input_ids.argmax(dim=-1)
-        else:
-            is_end = input_ids == eos_token_id
-            ends = torch.where(is_end.any(dim=-1), is_end.int().argmax(dim=-1), input_ids.shape[-1] - 1)
-        input_ids = input_ids[:, : int(ends.max()) + 1]
-    return text_encoder(input_ids.to(text_encoder.device))[1]
-
-
-@torch.no_grad()
 def encode_failure_text_table(
     text_encoder: Any, tokenizer: Any, failure_texts: Sequence[str], batch_size: int = 64
 ) -> torch.Tensor:
     """Pooled embeddings `[len(failure_texts), D]` of distinct failure texts, computed once before training (the text
-    encoder is frozen, so they never change); tokenized as `RewardEditPipeline.encode_failure_text` does."""
-    from .data import tokenize
+    encoder is frozen, so they never change) with the pipeline's own encoder
+    (`reward_edit_pipeline.pipelines.pipeline_reward_edit.encode_failure_texts`), so training and inference see the
+    same failure-text embeddings."""
+    from ..pipelines.pipeline_reward_edit import encode_failure_texts
 
     rows = [
-        encode_failure_text_ids(text_encoder, tokenize(tokenizer, failure_texts[start : start + batch_size]))
+        encode_failure_texts(text_encoder, tokenizer, failure_texts[start : start + batch_size], text_encoder.device)
         for start in range(0, len(failure_texts), batch_size)
     ]
     if not rows:

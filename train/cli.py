@@ -13,10 +13,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..devices import resolve_device, resolve_mixed_precision
     from .train import configure_logging, train
 
     try:
         validate_args(args)
+        resolve_mixed_precision(args.mixed_precision, resolve_device("auto"))  # fp16 on a CPU-only machine: refuse
     except ValueError as error:
         raise SystemExit(f"reward-edit train: error: {error}") from None
     configure_logging()

@@ -37,6 +37,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..devices import resolve_mixed_precision
+from ..loading import detect_layout
 from .args import parse_args
 from .cache import (
     CachedLatentDataset,
@@ -75,17 +77,6 @@ def widen_conv_in(unet: nn.Module, in_channels: int = 8) -> None:
     unet.register_to_config(in_channels=in_channels)
 
 
-def _unet_weight_keys(model_path: str, revision: str | None) -> set[str] | None:
-    """Key names of a local UNet's safetensors weights (None when not local or not a single safetensors file)."""
-    path = os.path.join(model_path, "unet", "diffusion_pytorch_model.safetensors")
-    if not os.path.isfile(path):
-        return None
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as handle:
-        return set(handle.keys())
-
-
 def load_unet(args: argparse.Namespace, failure_text_embed_dim: int) -> tuple[nn.Module, str]:
     """Load the base UNet and turn it into this stage's model; returns `(unet, how)` where `how` says what was done."""
     from diffusers import UNet2DConditionModel
@@ -109,8 +100,7 @@ def load_unet(args: argparse.Namespace, failure_text_embed_dim: int) -> tuple[nn
     if class_name == RewardUNet2DConditionModel.__name__:
         unet = RewardUNet2DConditionModel.from_pretrained(name, subfolder="unet", revision=revision)
         return unet, "stage 2: base is a reward-edit pipeline; continuing its training"
-    keys = _unet_weight_keys(name, revision)
-    if keys is not None and any(key.startswith(("text_linear.", "proj_deal.")) for key in keys):
+    if os.path.isdir(name) and detect_layout(name) == "official":  # the one release-layout rule (loading.py)
         unet = RewardUNet2DConditionModel.from_official_unet(os.path.join(name, "unet"))
         return unet, "stage 2: base is an official Multi-Reward-Editing stage-2 release; converted its reward modules"
     base = UNet2DConditionModel.from_pretrained(name, subfolder="unet", revision=revision)
@@ -352,8 +342,7 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
             "--use_ema is not supported with FSDP (the EMA copy needs the full parameters on every process); "
             "pass --no-use_ema, or use the DDP or DeepSpeed ZeRO-2 config"
         )
-    if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        raise ValueError("--mixed_precision fp16 needs a GPU; on CPU use --mixed_precision no (or bf16)")
+    weight_dtype = resolve_mixed_precision(args.mixed_precision, accelerator.device)  # fp16 on CPU: clear error
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
     logger.info(accelerator.state, main_process_only=False)
@@ -378,7 +367,6 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
     unet.train()
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
     vae.to(device, dtype=weight_dtype)
     text_encoder.to(device, dtype=weight_dtype)
     ema_unet = None

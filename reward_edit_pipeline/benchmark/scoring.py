@@ -109,14 +109,12 @@ def make_store_judge(
     Each call's `AnnotationSummary` is appended to `summaries` when given (e.g. to count calls).
     """
     if judge is None:
-        if not os.environ.get(api_key_env):
-            raise ValueError(
-                f"--api-key-env: the environment variable {api_key_env} is not set; set it to the judge's API key "
-                "(any non-empty value for a local server that needs none), or pass --no-judge"
-            )
-        from ..judge import OpenAIJudge
+        from ..judge.factory import make_judge
 
-        judge = OpenAIJudge(model=model, base_url=base_url, api_key_env=api_key_env)
+        try:
+            judge = make_judge(model=model, base_url=base_url, api_key_env=api_key_env)
+        except ValueError as error:
+            raise ValueError(f"{error}; or pass --no-judge") from None
     store_path = Path(store_path)
 
     def judge_edits(records: Sequence[EditRecord], progress: bool) -> dict[tuple[str, str], dict[str, JudgmentDict]]:

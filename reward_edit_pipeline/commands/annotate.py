@@ -107,12 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_judge(args: argparse.Namespace):
-    from ..judge import OpenAIJudge
+    from ..judge.factory import make_judge
 
-    return OpenAIJudge(
+    return make_judge(
         model=args.model,
         base_url=args.base_url,
         api_key_env=args.api_key_env,
+        require_key=not args.dry_run,  # fail before any work when the key is missing
         azure_api_version=args.azure_api_version,
         prompt_version=args.prompt_version,
         prompt_dir=args.prompt_dir,
@@ -151,8 +152,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         judge = build_judge(args)
         pricing = build_pricing(args, judge)
-        if not args.dry_run:
-            judge.api_key()  # fail before any work when the key is missing
         items = iter_triplets(args.input, seeds=args.seeds)
         if args.limit is not None:
             items = itertools.islice(items, args.limit)

@@ -20,8 +20,11 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.utils import logging
 
+from ..devices import pop_dtype_kwarg
+from ..downloads import DOWNLOAD_KWARGS, PIPELINE_ALLOW_PATTERNS, download_pipeline_files
+from ..images import DEFAULT_MAX_IMAGE_PIXELS, array_to_float, check_image_pixels, pil_to_array
 from ..models.unet_2d_reward import RewardUNet2DConditionModel
-from ..rewards import BEST_SCORES, MAX_SCORE, MIN_SCORE, resolve_failure_text, validate_score_triple
+from ..rewards import BEST_SCORES, parse_reward_scores, resolve_failure_text
 
 logger = logging.get_logger(__name__)
 
@@ -35,7 +38,7 @@ except ImportError:  # pragma: no cover - older diffusers
 # Classes this package contributes as pipeline components (model_index.json: ["reward_edit_pipeline", name]).
 PACKAGE_CLASSES: dict[str, type] = {RewardUNet2DConditionModel.__name__: RewardUNet2DConditionModel}
 
-# Pinned for the life of the project: saved folders record these names (spec/diffusers-loading.md, fact 6).
+# Pinned for the life of the project: saved folders record these names, so renaming them breaks every saved model.
 LOADER_MODULE_STEM = "pipeline_reward_edit"
 PUBLIC_LIBRARY = "reward_edit_pipeline"
 LOADER_SHIM_SOURCE = '''"""Loader shim for `diffusers.DiffusionPipeline.from_pretrained(<this folder or repo>, trust_remote_code=True)`.
@@ -56,27 +59,57 @@ package. It holds no model code; `RewardEditPipeline.from_pretrained` never runs
 
 from reward_edit_pipeline import {class_name}  # noqa: F401
 '''
-# What a pipeline needs from a Hub repo: configs, safetensors weights and tokenizer files (no pickles, no code).
-PIPELINE_ALLOW_PATTERNS: tuple[str, ...] = (
-    "model_index.json",
-    "*/config.json",
-    "*/*.safetensors",
-    "*/*.safetensors.index.json",
-    "*/scheduler_config.json",
-    "*/preprocessor_config.json",
-    "tokenizer/*",
-    "tokenizer_2/*",
-)
-_DOWNLOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
 
 
-def download_pipeline_files(repo_id: str, **download_kwargs: Any) -> str:
-    """Snapshot the pipeline files of a Hub repo (`PIPELINE_ALLOW_PATTERNS`) and return the local folder."""
-    from huggingface_hub import snapshot_download
+def _normalize_dtype_kwarg(kwargs: dict[str, Any]) -> None:
+    """Accept `dtype=` and its older name `torch_dtype=` (not both); pass it on under the name diffusers expects."""
+    dtype = pop_dtype_kwarg(kwargs)
+    if isinstance(dtype, str) and dtype != "auto":
+        from ..devices import DTYPE_NAMES
 
-    if repo_id.count("/") != 1:
-        raise ValueError(f"`pretrained_model_name_or_path` {repo_id!r} is neither a local folder nor a Hub repo id")
-    return snapshot_download(repo_id, allow_patterns=list(PIPELINE_ALLOW_PATTERNS), **download_kwargs)
+        if dtype.lower() not in DTYPE_NAMES:
+            raise ValueError(f"`dtype` must be a torch.dtype or one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+        dtype = getattr(torch, DTYPE_NAMES[dtype.lower()])
+    if dtype is not None:
+        kwargs[DTYPE_KWARG] = dtype
+
+
+__all__ = ["PIPELINE_ALLOW_PATTERNS", "RewardEditPipeline", "download_pipeline_files", "encode_failure_texts"]
+
+
+def encode_failure_texts(
+    text_encoder: Any, tokenizer: Any, texts: Sequence[str], device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Pooled text-encoder embeddings `[len(texts), D]` of already-resolved failure texts (`text_encoder(ids)[1]`, as
+    the official code), padded to the tokenizer's maximum length. Identical texts are encoded once.
+
+    The one failure-text encoder: `RewardEditPipeline.encode_failure_text` (inference) and the trainer's embedding
+    table (`reward_edit_pipeline.train.cache`) both call it, so training and inference cannot drift apart.
+    """
+    device = torch.device(device) if device is not None else text_encoder.device
+    unique_texts = list(dict.fromkeys(texts))
+    if not unique_texts:
+        return torch.zeros(0, text_encoder.config.hidden_size, device=device, dtype=text_encoder.dtype)
+    inputs = tokenizer(
+        unique_texts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    untruncated = tokenizer(unique_texts, padding="longest", return_tensors="pt").input_ids
+    if untruncated.shape[-1] > inputs.input_ids.shape[-1]:
+        logger.warning(
+            "failure text longer than %d tokens is truncated by the text encoder: %r",
+            tokenizer.model_max_length,
+            [text for text in unique_texts if len(tokenizer(text).input_ids) > tokenizer.model_max_length],
+        )
+    attention_mask = None
+    if getattr(text_encoder.config, "use_attention_mask", False):
+        attention_mask = inputs.attention_mask.to(device)
+    pooled = text_encoder(inputs.input_ids.to(device), attention_mask=attention_mask)[1]
+    index = torch.tensor([unique_texts.index(text) for text in texts], device=pooled.device)
+    return pooled.index_select(0, index)
 
 
 EXAMPLE_DOC_STRING = """
@@ -86,7 +119,7 @@ EXAMPLE_DOC_STRING = """
         >>> from PIL import Image
         >>> from reward_edit_pipeline import RewardEditPipeline
 
-        >>> pipe = RewardEditPipeline.from_pretrained("path/to/reward-edit-model", torch_dtype=torch.float16).to("cuda")
+        >>> pipe = RewardEditPipeline.from_pretrained("path/to/reward-edit-model", dtype=torch.float16).to("cuda")
         >>> image = Image.open("photo.jpg").convert("RGB")
         >>> # the paper's inference setting: best rewards (5, 5, 5) and no failure text
         >>> edited = pipe("make it a snowy winter day", image, num_inference_steps=30,
@@ -118,6 +151,8 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
     """
 
     _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
+    #: largest input image (width x height) accepted; set `pipe.max_image_pixels = N` (or None) to change it
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
     def __init__(
         self,
@@ -166,11 +201,13 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         """Load a saved `RewardEditPipeline` folder or Hub repo id (see `DiffusionPipeline.from_pretrained`).
 
         A repo id is downloaded first (configs, safetensors weights and tokenizer files only: no pickles, no code).
+        The loading dtype may be given as `dtype=` or by its older name `torch_dtype=`.
         A plain InstructPix2Pix checkpoint is refused with a pointer to `from_instruct_pix2pix`, and the official
         release layout with a pointer to `from_official`.
         """
+        _normalize_dtype_kwarg(kwargs)
         if not os.path.isdir(pretrained_model_name_or_path):
-            download_kwargs = {key: kwargs.pop(key) for key in _DOWNLOAD_KWARGS if key in kwargs}
+            download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(
                 str(pretrained_model_name_or_path), **download_kwargs
             )
@@ -191,6 +228,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         """Wrap a stock `StableDiffusionInstructPix2PixPipeline` checkpoint (e.g. the `timbrooks/instruct-pix2pix`
         layout) with new reward modules. With `reward_init="zero"` (default) the result edits exactly like the stock
         pipeline until it is trained."""
+        _normalize_dtype_kwarg(kwargs)
         unet_kwargs = {key: kwargs[key] for key in _SUBMODEL_KWARGS if key in kwargs}
         base_unet = UNet2DConditionModel.from_pretrained(pretrained_model_name_or_path, subfolder="unet", **unet_kwargs)
         unet = RewardUNet2DConditionModel.from_unet(base_unet, reward_init=reward_init)
@@ -209,8 +247,9 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         """
         if not os.path.isdir(path):
             raise FileNotFoundError(f"`path` must be a local official release folder, got {os.fspath(path)!r}")
+        _normalize_dtype_kwarg(kwargs)
         unet = RewardUNet2DConditionModel.from_official_unet(
-            os.path.join(path, "unet"), torch_dtype=kwargs.get("dtype", kwargs.get("torch_dtype"))
+            os.path.join(path, "unet"), torch_dtype=kwargs.get(DTYPE_KWARG)
         )
         pipe = super().from_pretrained(path, unet=unet, **kwargs)
         if use_paper_scheduler and not isinstance(pipe.scheduler, EulerAncestralDiscreteScheduler):
@@ -246,72 +285,20 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
     # ------------------------------------------------------------------ reward conditions
     def encode_failure_text(self, texts: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
         """Pooled text-encoder embeddings `[len(texts), D]` of already-resolved failure texts
-        (`text_encoder(ids)[1]`, as the official code). Identical texts are encoded once."""
-        device = device or self._execution_device
-        unique_texts = list(dict.fromkeys(texts))
-        inputs = self.tokenizer(
-            unique_texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        untruncated = self.tokenizer(unique_texts, padding="longest", return_tensors="pt").input_ids
-        if untruncated.shape[-1] > inputs.input_ids.shape[-1]:
-            logger.warning(
-                "failure text longer than %d tokens is truncated by the text encoder: %r",
-                self.tokenizer.model_max_length,
-                [
-                    text
-                    for text in unique_texts
-                    if len(self.tokenizer(text).input_ids) > self.tokenizer.model_max_length
-                ],
-            )
-        attention_mask = None
-        if getattr(self.text_encoder.config, "use_attention_mask", False):
-            attention_mask = inputs.attention_mask.to(device)
-        pooled = self.text_encoder(inputs.input_ids.to(device), attention_mask=attention_mask)[1]
-        index = torch.tensor([unique_texts.index(text) for text in texts], device=pooled.device)
-        return pooled.index_select(0, index)
+        (`text_encoder(ids)[1]`, as the official code); see `encode_failure_texts`, which training uses too."""
+        return encode_failure_texts(self.text_encoder, self.tokenizer, texts, device or self._execution_device)
 
     def prepare_reward_scores(self, reward_scores: ScoreInput, batch_size: int) -> torch.Tensor:
-        """Validate `reward_scores` and return a float32 `[batch_size, 3]` tensor (one triple is broadcast)."""
-        if isinstance(reward_scores, (torch.Tensor, np.ndarray)):
-            scores = torch.as_tensor(reward_scores).detach().to("cpu", torch.float64)
-            if scores.ndim == 1:
-                scores = scores.unsqueeze(0)
-            if scores.ndim != 2 or scores.shape[1] != 3 or scores.shape[0] not in (1, batch_size):
-                raise ValueError(
-                    f"`reward_scores` must have shape [3] or [{batch_size}, 3] (following, preserving, quality), "
-                    f"got {tuple(scores.shape)}"
-                )
-            if not torch.isfinite(scores).all() or (scores < MIN_SCORE).any() or (scores > MAX_SCORE).any():
-                raise ValueError(
-                    f"`reward_scores` must be finite numbers in [{MIN_SCORE:g}, {MAX_SCORE:g}], got {scores.tolist()}"
-                )
-            rows = [tuple(row) for row in scores.tolist()]
-        elif isinstance(reward_scores, Sequence) and not isinstance(reward_scores, (str, bytes)):
-            if len(reward_scores) > 0 and all(
-                isinstance(row, Sequence) and not isinstance(row, (str, bytes)) for row in reward_scores
-            ):
-                if len(reward_scores) != batch_size:
-                    raise ValueError(
-                        f"`reward_scores` has {len(reward_scores)} triples but the batch has {batch_size} prompts"
-                    )
-                rows = [validate_score_triple(row, name=f"reward_scores[{i}]") for i, row in enumerate(reward_scores)]
-            else:
-                rows = [validate_score_triple(reward_scores)]
-        else:
-            raise TypeError(
-                "`reward_scores` must be a triple (following, preserving, quality), a list of triples, or a tensor "
-                f"of shape [3] / [batch, 3]; got {type(reward_scores).__name__}"
-            )
-        scores = torch.tensor(rows, dtype=torch.float32)
-        return scores.expand(batch_size, 3) if scores.shape[0] == 1 else scores
+        """Validate `reward_scores` (`reward_edit_pipeline.rewards.parse_reward_scores`: a triple, a text such as
+        ``"5,5,5"``, a list of triples, or an array/tensor `[3]`/`[B, 3]`, values in [0, 5]) and return a float32
+        `[batch_size, 3]` tensor (one triple is broadcast)."""
+        rows = parse_reward_scores(reward_scores, batch_size=batch_size, name="reward_scores")
+        return torch.tensor(rows, dtype=torch.float32)
 
     def prepare_failure_texts(self, failure_text: FailureTextInput, batch_size: int) -> list[str]:
-        """Resolve `failure_text` to one string per prompt: `None` → the model's no-failure text; a string or a
-        tuple of per-perspective texts → used for every prompt; a list → one entry per prompt."""
+        """Resolve `failure_text` to one string per prompt with `reward_edit_pipeline.rewards.resolve_failure_text`
+        (`None`, `""` or blank → the model's no-failure text; a string or a tuple of per-perspective texts → used for
+        every prompt); a list gives one such value per prompt."""
         no_failure_text = self.unet.config.no_failure_text
         if isinstance(failure_text, list):
             if len(failure_text) != batch_size:
@@ -384,27 +371,104 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
                 raise ValueError(f"`{name}` must be a finite number >= {lowest:g}, got {value!r}")
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}")
+        if guidance_scale <= 1.0 or image_guidance_scale < 1.0:
+            logger.warning(
+                "guidance is off: guidance_scale=%g (needs > 1) and image_guidance_scale=%g (needs >= 1) switch "
+                "InstructPix2Pix's classifier-free guidance on together, so the edit uses the text+image prediction "
+                "alone and ignores both scales",
+                guidance_scale,
+                image_guidance_scale,
+            )
         return batch_size, num_images
 
-    def _preprocess_image(self, image: Any) -> torch.Tensor:
-        first = image[0] if isinstance(image, list) else image
-        if isinstance(first, torch.Tensor) and first.ndim >= 3 and first.shape[-3] == self.vae.config.latent_channels:
-            return image if isinstance(image, torch.Tensor) else torch.cat(list(image))  # already latents
-        if isinstance(first, PIL.Image.Image):
-            width, height = first.size
-        else:  # numpy [H, W, C] / [B, H, W, C], torch [C, H, W] / [B, C, H, W]
-            height, width = (first.shape[-3], first.shape[-2]) if isinstance(first, np.ndarray) else first.shape[-2:]
-        factor = self.vae_scale_factor
-        if height % factor or width % factor:
-            logger.warning(
-                "image size %dx%d is not a multiple of %d; resized to %dx%d",
+    @property
+    def image_size_multiple(self) -> int:
+        """Input images are padded (bottom/right, edge pixels repeated) to a multiple of this, then cropped back."""
+        return self.vae_scale_factor
+
+    def _image_to_pixels(self, image: Any) -> np.ndarray | torch.Tensor | None:
+        """One image argument → RGB in [0, 1]: float32 numpy `[B, H, W, 3]` (PIL, numpy) or tensor `[B, 3, H, W]`;
+        `None` for a tensor of latents."""
+        name = "image"
+        if isinstance(image, PIL.Image.Image):
+            return pil_to_array(image, name, self.max_image_pixels)[None]
+        if isinstance(image, np.ndarray):
+            return array_to_float(image, name, self.max_image_pixels)
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(
+                f"`image` must be a PIL image, numpy array, torch tensor or a list of them, got {type(image).__name__}"
+            )
+        pixels = image[None] if image.ndim == 3 else image
+        if pixels.ndim != 4:
+            raise ValueError(f"`image` as a tensor must be [C, H, W] or [B, C, H, W], got shape {tuple(image.shape)}")
+        channels = pixels.shape[1]
+        if channels == self.vae.config.latent_channels and channels not in (1, 3):
+            return None  # image latents (diffusers' convention for tensors with the VAE's latent channels)
+        if channels not in (1, 3):
+            raise ValueError(
+                f"`image` as a tensor must have 1 or 3 channels in dim -3 ([B, C, H, W], RGB in [0, 1]) or "
+                f"{self.vae.config.latent_channels} (latents), got shape {tuple(image.shape)}; pass RGBA images as PIL "
+                "or numpy [H, W, 4] (composited on white)"
+            )
+        check_image_pixels(pixels.shape[-1], pixels.shape[-2], self.max_image_pixels, name)
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.float() / 255.0
+        elif pixels.is_floating_point():
+            pixels = pixels.detach().float()
+            low, high = float(pixels.min()), float(pixels.max())
+            if not (math.isfinite(low) and math.isfinite(high)) or low < 0.0 or high > 1.0:
+                raise ValueError(
+                    f"`image` as a float tensor must hold values in [0, 1], got min {low:g} and max {high:g} "
+                    "(for a [-1, 1] tensor pass (image + 1) / 2)"
+                )
+        else:
+            raise TypeError(f"`image` as a tensor must be float in [0, 1] or uint8, got dtype {pixels.dtype}")
+        return pixels.expand(-1, 3, -1, -1) if channels == 1 else pixels
+
+    def _preprocess_image(self, image: Any) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        """The one input-image path (see `reward_edit_pipeline.images`): PIL images of any mode, numpy arrays
+        (uint8, uint16, float in [0, 1]), tensors `[B, C, H, W]` in [0, 1], or a list of them → pixels in [-1, 1],
+        padded at the bottom/right (edge pixels repeated) to a multiple of `image_size_multiple`.
+
+        Returns `(pixels, (height, width))`, the size to crop the decoded result back to; for a tensor of image latents
+        (`vae.config.latent_channels` channels) returns `(latents, None)`.
+        """
+        items = image if isinstance(image, list) else [image]
+        if not items:
+            raise ValueError("`image` is an empty list; pass one image or one per prompt")
+        batches = [self._image_to_pixels(item) for item in items]
+        if any(batch is None for batch in batches):
+            if not all(batch is None for batch in batches):
+                raise ValueError("`image` mixes latents and pixel images; pass one kind")
+            latents = [item if item.ndim == 4 else item[None] for item in items]
+            return torch.cat(latents), None
+        sizes = {tuple(batch.shape[1:3] if isinstance(batch, np.ndarray) else batch.shape[-2:]) for batch in batches}
+        if len(sizes) > 1:
+            listed = ", ".join(f"{width}x{height}" for height, width in sorted(sizes))
+            raise ValueError(f"all images of one call must have the same size (W x H), got {listed}")
+        # [B, H, W, 3] arrays become a channels-last view, as in diffusers' VaeImageProcessor (the VAE's float result
+        # depends on the memory layout, so this keeps edits identical to the stock InstructPix2Pix pipeline's)
+        if all(isinstance(batch, np.ndarray) for batch in batches):
+            pixels = torch.from_numpy(np.concatenate(batches) if len(batches) > 1 else batches[0]).permute(0, 3, 1, 2)
+        else:
+            tensors = [
+                torch.from_numpy(batch).permute(0, 3, 1, 2) if isinstance(batch, np.ndarray) else batch
+                for batch in batches
+            ]
+            pixels = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+        height, width = pixels.shape[-2:]
+        multiple = self.image_size_multiple
+        pad_bottom, pad_right = -height % multiple, -width % multiple
+        if pad_bottom or pad_right:
+            logger.info(
+                "image %dx%d padded to %dx%d for the model (edge pixels repeated); the result is cropped back",
                 width,
                 height,
-                factor,
-                width - width % factor,
-                height - height % factor,
+                width + pad_right,
+                height + pad_bottom,
             )
-        return self.image_processor.preprocess(image)
+            pixels = torch.nn.functional.pad(pixels, (0, pad_right, 0, pad_bottom), mode="replicate")
+        return pixels * 2.0 - 1.0, (height, width)
 
     @property
     def interrupt(self) -> bool:
@@ -441,18 +505,22 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         Args:
             prompt (`str` or `list[str]`): the edit instruction(s). Required unless `prompt_embeds` is given.
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
-                the image(s) to edit; one image, or one per prompt. Sizes that are not multiples of the VAE factor
-                (8 for Stable Diffusion) are resized down to one, with a logged notice.
+                the image(s) to edit; one image, or one per prompt. PIL images of any mode (transparency composited
+                on white, 16-bit scaled), numpy `[H, W(, C)]`/`[B, H, W, C]` (uint8, uint16 or float in [0, 1]),
+                tensors `[B, C, H, W]` float in [0, 1]. Any width and height: the image is padded to a multiple of
+                `image_size_multiple` and the result cropped back, so **the output has the input's size** (except
+                `output_type="latent"`). Images over `max_image_pixels` are refused.
             reward_scores (triple, list of triples, tensor `[3]`/`[B, 3]`, or `None`, *optional*, defaults to `(5, 5, 5)`):
                 following, preserving, quality, each in [0, 5]; `(5, 5, 5)` is the paper's inference setting.
                 `None` selects the null reward condition (what reward-condition dropout trains; "no reward").
             failure_text (`str`, `tuple`, `list` or `None`, *optional*, defaults to `None`):
-                `None` → the model's "no failure" text (`unet.config.no_failure_text`, `"None; None; None"` for the
-                official weights); a string is used as is; a tuple `(following, preserving, quality)` of texts is
+                `None`, `""` or blank → the model's "no failure" text (`unet.config.no_failure_text`,
+                `"None; None; None"` for the official weights); another string is used (stripped); a tuple `(following, preserving, quality)` of texts is
                 joined with `"; "` (a missing one written `None`); a list gives one such value per prompt.
             num_inference_steps (`int`, *optional*, defaults to 30): denoising steps (the paper uses 30).
             guidance_scale (`float`, *optional*, defaults to 7.5): text guidance. Guidance is on when
-                `guidance_scale > 1` and `image_guidance_scale >= 1`, as in InstructPix2Pix.
+                `guidance_scale > 1` and `image_guidance_scale >= 1`, as in InstructPix2Pix; otherwise both scales
+                are ignored, with a logged warning.
             image_guidance_scale (`float`, *optional*, defaults to 1.5): image guidance.
             reward_guidance_scale (`float`, *optional*, defaults to 1.0):
                 `> 1` adds a branch with the null reward condition and pushes the prediction away from it:
@@ -542,7 +610,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             null_reward_mask[-total:] = True
 
         # 4. Preprocess the image: one per generated image, in prompt order
-        image = self._preprocess_image(image)
+        image, input_size = self._preprocess_image(image)
         if image.shape[0] == 1 and batch_size > 1:
             image = image.expand(batch_size, *image.shape[1:])
         if num_images_per_prompt > 1:  # (copy only when needed: the VAE's result depends on the memory layout)
@@ -629,6 +697,8 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         # 10. Decode
         if output_type != "latent":
             image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            if input_size is not None:  # crop the padding of `_preprocess_image` away: output size = input size
+                image = image[..., : input_size[0], : input_size[1]]
             image, has_nsfw_concept = self.run_safety_checker(image, device, prompt_embeds.dtype)
         else:
             image, has_nsfw_concept = latents, None

@@ -1,0 +1,77 @@
+"""The one Hub download rule for pipelines (no torch): which files are fetched, and what "unreachable" means.
+
+`RewardEditPipeline.from_pretrained`, `load_pipeline`, `convert_official` and `reward_edit_pipeline.hub.pull` all
+download through `download_pipeline_files` with `PIPELINE_ALLOW_PATTERNS` (configs, safetensors weights, tokenizer
+files: no pickles, no code).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: what a pipeline needs from a Hub repo: configs, safetensors weights and tokenizer files (no pickles, no code)
+PIPELINE_ALLOW_PATTERNS: tuple[str, ...] = (
+    "model_index.json",
+    "*/config.json",
+    "*/*.safetensors",
+    "*/*.safetensors.index.json",
+    "*/scheduler_config.json",
+    "*/preprocessor_config.json",
+    "tokenizer/*",
+    "tokenizer_2/*",
+)
+#: keyword arguments of `huggingface_hub.snapshot_download` that loaders pass through
+DOWNLOAD_KWARGS: tuple[str, ...] = ("revision", "token", "cache_dir", "local_files_only", "force_download", "local_dir")
+
+
+class HubUnavailableError(RuntimeError):
+    """The Hugging Face Hub could not be reached (offline, blocked, or no network) and nothing is cached."""
+
+
+def looks_like_repo_id(name: str | os.PathLike) -> bool:
+    """``owner/name`` with no path markers (``./``, ``/``, ``~``, ``\\``, more than one ``/``)."""
+    text = os.fspath(name)
+    return (
+        text.count("/") == 1
+        and not text.startswith(("/", ".", "~"))
+        and "\\" not in text
+        and all(part.strip() for part in text.split("/"))
+    )
+
+
+def download_pipeline_files(
+    repo_id: str,
+    subfolder: str | None = None,
+    allow_patterns: Sequence[str] | None = None,
+    name: str = "pretrained_model_name_or_path",
+    **download_kwargs: Any,
+) -> Path:
+    """Snapshot the pipeline files of a Hub repo (`PIPELINE_ALLOW_PATTERNS`, optionally only under `subfolder`) and
+    return the local folder (the subfolder when given).
+
+    Raises `FileNotFoundError` when `repo_id` is not a folder and not an ``owner/name`` id, and `HubUnavailableError`
+    (naming both readings of the name) when the Hub cannot be reached and nothing is cached.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    if not looks_like_repo_id(repo_id):
+        raise FileNotFoundError(
+            f"`{name}` {os.fspath(repo_id)!r} is not an existing local folder and not a Hub repo id (owner/name)"
+        )
+    patterns = list(PIPELINE_ALLOW_PATTERNS if allow_patterns is None else allow_patterns)
+    if subfolder:
+        subfolder = subfolder.strip("/")
+        patterns = [f"{subfolder}/{pattern}" for pattern in patterns]
+    try:
+        snapshot = Path(snapshot_download(repo_id, allow_patterns=patterns, **download_kwargs))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError) as error:
+        raise HubUnavailableError(
+            f"`{name}` {repo_id!r}: there is no local folder of that name, and the Hugging Face Hub cannot be reached "
+            f"to download it as a repo id ({type(error).__name__}) and it is not in the local cache; pass an existing "
+            "local pipeline folder (CLI: --model PATH), or connect and retry"
+        ) from error
+    return snapshot / subfolder if subfolder else snapshot
