@@ -38,7 +38,7 @@ from reward_edit_pipeline.comfy_nodes.core import (
 from reward_edit_pipeline.comfy_nodes.texts import HUB_ID_CHOICE
 from reward_edit_pipeline.comfy_nodes.v1 import V1_NODES
 
-from reward_edit_pipeline.judge.base import FunctionJudge
+from reward_edit_pipeline.judge import FunctionJudge
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_IDS = ["RewardEditLoader", "RewardCondition", "RewardEdit", "RewardJudge"]

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.records import export_store
+    from ..data import export_store
 
     try:
         counts = export_store(args.store, args.format, args.output)
