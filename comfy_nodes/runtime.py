@@ -89,14 +89,16 @@ def load_pipe(model: str, hub_id: str, device: str, dtype: str) -> RewardEditPip
     source, is_local = resolve_model_source(model, hub_id, diffusers_roots())
     target_device = model_management.get_torch_device() if device == "auto" else torch.device("cpu")
     fp16_supported = target_device.type != "cpu" and bool(model_management.should_use_fp16(target_device))
-    torch_dtype = resolve_dtype(dtype, target_device, fp16_supported)  # "auto" follows ComfyUI (--force-fp32, GPU)
-    key = (source, device, str(torch_dtype), folder_fingerprint(source) if is_local else None)
+    weights_dtype = resolve_dtype(dtype, target_device, fp16_supported)  # "auto" follows ComfyUI (--force-fp32, GPU)
+    key = (source, device, str(weights_dtype), folder_fingerprint(source) if is_local else None)
 
     def load() -> RewardEditPipe:
         from reward_edit_pipeline import load_pipeline
 
-        logger.info("Reward Edit: loading %s (%s, %s)", source, device, torch_dtype)
-        pipeline = load_pipeline(source, device="cpu", torch_dtype=torch_dtype)  # ComfyUI moves it later
+        logger.info("Reward Edit: loading %s (%s, %s)", source, device, weights_dtype)
+        # the library's loader, on the device the edits run on (its dtype rule is checked for that device); with
+        # device "auto" ComfyUI's model management offloads and reloads it from then on
+        pipeline = load_pipeline(source, device=target_device, dtype=weights_dtype)
         pipeline.set_progress_bar_config(disable=True)  # ComfyUI's progress bar reports instead
         patcher = None
         if device == "auto":
@@ -108,8 +110,6 @@ def load_pipe(model: str, hub_id: str, device: str, dtype: str) -> RewardEditPip
             patcher = comfy.model_patcher.ModelPatcher(
                 modules, load_device=target_device, offload_device=model_management.unet_offload_device()
             )
-        else:
-            pipeline.to("cpu")
         return RewardEditPipe(pipeline=pipeline, source=source, device=device, patcher=patcher)
 
     return PIPELINE_CACHE.get_or_load(key, load, on_evict=_release)
@@ -173,21 +173,11 @@ def edit(pipe: RewardEditPipe, image: Any, **settings: Any) -> Any:
     return edit_images(pipe.pipeline, image, on_step=_progress_hook(), **settings)
 
 
-def make_judge(model: str, base_url: str) -> Any:
-    """The project's OpenAI-compatible judge; its API key comes from ``OPENAI_API_KEY`` in the environment."""
-    from reward_edit_pipeline.judge.openai_judge import OpenAIJudge
-
-    if not isinstance(model, str) or not model.strip():
-        raise ValueError("`model` must name the judge model, e.g. 'gpt-4o'")
-    base_url = (base_url or "").strip()
-    if base_url and not base_url.startswith(("http://", "https://")):
-        raise ValueError(f"`base_url` must start with http:// or https://, got {base_url!r} (empty = OpenAI)")
-    return OpenAIJudge(model=model.strip(), base_url=base_url or None)
-
-
 def judge(original: Any, edited: Any, instruction: str, model: str, base_url: str) -> JudgeOutputs:
     """`RewardJudge`: grade (original, edited) pairs with the project's judge."""
-    grader = make_judge(model, base_url)
+    from reward_edit_pipeline.judge.factory import make_judge
+
+    grader = make_judge(model, base_url)  # the library's judge construction; the key only from OPENAI_API_KEY
     try:
         return judge_images(grader, original, edited, instruction)
     finally:

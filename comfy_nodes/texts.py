@@ -12,8 +12,8 @@ CONDITION_TYPE = "REWARD_CONDITION"
 #: the combo entry of `RewardEditLoader.model` that means "load the repository named in `hub_id`"
 HUB_ID_CHOICE = "(Hub id)"
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu")
+#: the names `reward_edit_pipeline.devices` accepts (the CLI offers the long forms float32/float16/bfloat16)
 DTYPE_CHOICES: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
-MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
 
 DISPLAY_NAMES: dict[str, str] = {
     "RewardEditLoader": "Reward Edit Loader",
@@ -41,7 +41,7 @@ _LOADER_TOOLTIPS: dict[str, str] = {
     "device": "'auto': ComfyUI's device under its model management (GPU when available); 'cpu': always on the CPU.",
     "dtype": (
         "Weight precision. 'auto': fp16 where ComfyUI runs its device in fp16 (a GPU), else fp32 "
-        "(the paper evaluated in fp16)."
+        "(the paper evaluated in fp16). fp16 on the CPU is refused (use fp32 or bf16), as in Python and the CLI."
     ),
     "pipe": "The loaded reward-conditioned editing pipeline.",
 }
@@ -71,8 +71,8 @@ _CONDITION_TOOLTIPS: dict[str, str] = {
 # ------------------------------------------------------------------------------------------------ RewardEdit
 _EDIT_DESCRIPTION = (
     "Edits every image of the batch following the instruction, conditioned on the reward condition "
-    "(InstructPix2Pix with multi-reward conditioning). Image i of a batch uses seed + i. Height and width must be "
-    "multiples of 8."
+    "(InstructPix2Pix with multi-reward conditioning). Image i of a batch uses seed + i. Any width and height: "
+    "the edited image has the input's exact size (padded for the model, cropped back), as in Python and the CLI."
 )
 _EDIT_TOOLTIPS: dict[str, str] = {
     "pipe": "The pipeline from Reward Edit Loader.",

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from reward_edit_pipeline.devices import MAX_SEED
+
 from . import runtime
 from .core import make_reward_condition
-from .texts import CATEGORY, CONDITION_TYPE, DESCRIPTIONS, DEVICE_CHOICES, DTYPE_CHOICES, MAX_SEED, PIPE_TYPE, TOOLTIPS
+from .texts import CATEGORY, CONDITION_TYPE, DESCRIPTIONS, DEVICE_CHOICES, DTYPE_CHOICES, PIPE_TYPE, TOOLTIPS
 
 
 class _V1Node:

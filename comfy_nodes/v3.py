@@ -12,6 +12,8 @@ from typing import Any
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
+from reward_edit_pipeline.devices import MAX_SEED
+
 from . import runtime
 from .core import make_reward_condition
 from .texts import (
@@ -21,7 +23,6 @@ from .texts import (
     DEVICE_CHOICES,
     DISPLAY_NAMES,
     DTYPE_CHOICES,
-    MAX_SEED,
     PIPE_TYPE,
     TOOLTIPS,
 )

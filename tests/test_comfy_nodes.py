@@ -25,7 +25,7 @@ from reward_edit_pipeline.comfy_nodes import runtime as comfy_runtime
 from reward_edit_pipeline.comfy_nodes.core import (
     PipelineCache,
     RewardCondition,
-    check_comfy_image,
+    comfy_image_to_array,
     comfy_image_to_pil,
     edit_images,
     judge_images,
@@ -128,13 +128,24 @@ def test_reward_condition_defaults_to_the_paper_no_failure_condition():
     node = NODE_CLASS_MAPPINGS["RewardCondition"]()
     (condition,) = node.execute(following=5.0, preserving=5.0, quality=5.0)
     assert condition == RewardCondition(scores=(5.0, 5.0, 5.0), failure_text=None)
-    assert make_reward_condition(5, 5, 5, "   ").failure_text is None
 
 
-def test_reward_condition_keeps_scores_in_order_and_strips_failure_text():
+def test_reward_condition_keeps_scores_in_order_and_the_text_for_the_librarys_rule():
     condition = make_reward_condition(1.5, 3.0, 4.5, "  the hat is still red; None; blurry \n")
     assert condition.scores == (1.5, 3.0, 4.5)
-    assert condition.failure_text == "the hat is still red; None; blurry"
+    assert condition.failure_text == "  the hat is still red; None; blurry \n"  # the pipeline strips it, as in Python
+    with pytest.raises(TypeError, match="failure_text"):
+        make_reward_condition(5, 5, 5, 3)
+
+
+@pytest.mark.parametrize("failure_text", ["", "   ", " \n\t "])
+def test_an_empty_or_blank_failure_text_edits_like_no_failure_text(pipeline, failure_text):
+    image = comfy_image(height=16, width=16, seed=4)
+    without = edit_images(pipeline, image, "add snow", make_reward_condition(5, 5, 5), steps=2, seed=3)
+    given = edit_images(pipeline, image, "add snow", make_reward_condition(5, 5, 5, failure_text), steps=2, seed=3)
+    torch.testing.assert_close(given, without, atol=0, rtol=0)
+    failing = edit_images(pipeline, image, "add snow", make_reward_condition(5, 5, 5, "a; b; c"), steps=2, seed=3)
+    assert (failing - without).abs().max() > 1e-4  # a real failure text does change the edit
 
 
 @pytest.mark.parametrize("scores", [(5.5, 5, 5), (5, -0.5, 5), (5, 5, float("nan"))])
@@ -149,21 +160,25 @@ def test_reward_condition_rejects_scores_outside_zero_to_five(scores):
     [
         (np.zeros((1, 8, 8, 3), dtype=np.float32), "ComfyUI IMAGE tensor"),
         (torch.zeros(8, 8, 3), "4 dims"),
-        (torch.zeros(1, 8, 8, 4), "3 \\(RGB\\) channels"),
-        (torch.zeros(1, 8, 8, 3, dtype=torch.uint8), "float tensor"),
-        (torch.full((1, 8, 8, 3), 1.5), "values must lie in \\[0, 1\\]"),
+        (torch.zeros(1, 8, 8, 5), "C in 1, 2, 3, 4"),  # from here on: the library's image rules
+        (torch.zeros(1, 8, 8, 3, dtype=torch.int32), "uint8 .*uint16 .*float"),
+        (torch.full((1, 8, 8, 3), 1.5), "values in \\[0, 1\\]"),
         (torch.zeros(0, 8, 8, 3), "empty"),
     ],
 )
 def test_bad_images_raise_errors_naming_the_input(image, message):
     with pytest.raises((TypeError, ValueError), match=message) as error:
-        check_comfy_image(image, "original")
+        comfy_image_to_pil(image, "original")
     assert "original" in str(error.value)
 
 
-def test_image_sizes_must_be_multiples_of_the_vae_factor():
-    with pytest.raises(ValueError, match=r"multiples of 8 .* 36x20"):
-        check_comfy_image(torch.zeros(1, 20, 36, 3), "image", multiple_of=8)
+def test_a_comfy_image_is_read_like_the_same_numpy_array_in_python():
+    image = comfy_image(batch=2, height=5, width=7)
+    array = comfy_image_to_array(image)
+    assert array.shape == (2, 5, 7, 3) and array.dtype == np.float32
+    np.testing.assert_array_equal(array, image.numpy())
+    rgba = torch.cat([image, torch.zeros(2, 5, 7, 1)], dim=-1)  # fully transparent: composited on white
+    assert np.asarray(comfy_image_to_pil(rgba)[0]).min() == 255
 
 
 def test_comfy_image_to_pil_keeps_size_batch_and_pixel_values():
@@ -251,13 +266,13 @@ def test_edit_stops_when_the_step_hook_raises(pipeline):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"instruction": "   "}, "instruction"),
-        ({"steps": 0}, "steps"),
+        ({"instruction": "   "}, "`prompt` must not be empty"),  # the pipeline's check, named as in Python
+        ({"steps": 0}, "num_inference_steps"),
         ({"seed": -1}, "seed"),
         ({"guidance_scale": float("inf")}, "guidance_scale"),
         ({"reward_guidance_scale": 0.5}, "reward_guidance_scale"),
         ({"reward": (5, 5, 5)}, "RewardCondition"),
-        ({"image": torch.zeros(1, 15, 16, 3)}, "multiples of 2"),
+        ({"image": torch.full((1, 16, 16, 3), 2.0)}, "\\[0, 1\\]"),
     ],
 )
 def test_bad_edit_inputs_raise_errors_naming_the_input(pipeline, kwargs, message):
@@ -321,19 +336,25 @@ def test_a_failed_judgment_raises_with_the_judges_reason():
         judge_images(FunctionJudge(grade), comfy_image(), comfy_image(), "x")
 
 
-def test_judge_node_reads_the_api_key_from_the_environment_only(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    judge = comfy_runtime.make_judge("gpt-4o", "http://127.0.0.1:9/v1")
-    assert judge.api_key_env == "OPENAI_API_KEY"
+def test_judge_node_builds_the_librarys_judge_with_the_key_from_the_environment_only(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-unit-test")
+    built = []
+    from reward_edit_pipeline.judge import factory
+
+    real_make_judge = factory.make_judge
+    monkeypatch.setattr(factory, "make_judge", lambda *a, **k: built.append(real_make_judge(*a, **k)) or built[-1])
     with pytest.raises(ValueError, match="base_url"):
-        comfy_runtime.make_judge("gpt-4o", "file:///etc/passwd")
-    with pytest.raises(ValueError, match="model"):
-        comfy_runtime.make_judge(" ", "")
+        comfy_runtime.judge(comfy_image(), comfy_image(), "x", "gpt-4o", "file:///etc/passwd")
+    with pytest.raises(ValueError, match="`model`"):
+        comfy_runtime.judge(comfy_image(), comfy_image(), "x", " ", "")
+    assert built == []
 
 
 def test_v1_judge_shell_returns_ui_text_and_the_four_outputs(monkeypatch):
     judge = _recording_judge({"following": 3.0, "preserving": 4.0, "quality": 5.0})
-    monkeypatch.setattr(comfy_runtime, "make_judge", lambda model, base_url: judge)
+    from reward_edit_pipeline.judge import factory
+
+    monkeypatch.setattr(factory, "make_judge", lambda model, base_url: judge)
     output = NODE_CLASS_MAPPINGS["RewardJudge"]().execute(
         original=comfy_image(), edited=comfy_image(), instruction="x", model="gpt-4o", base_url=""
     )
@@ -392,6 +413,8 @@ def test_dtype_auto_is_fp32_on_cpu_and_fp16_on_accelerators_that_support_it():
     assert resolve_dtype("auto", "cuda") == torch.float16
     assert resolve_dtype("auto", "cuda", fp16_supported=False) == torch.float32  # e.g. ComfyUI --force-fp32
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="float16 is not supported on the CPU"):  # the library's rule
+        resolve_dtype("fp16", "cpu")
     with pytest.raises(ValueError, match="dtype"):
         resolve_dtype("float64", "cpu")
 
@@ -478,8 +501,8 @@ def fake_comfy(monkeypatch, tmp_path, pipeline):
     fake.install(monkeypatch, root)
     loads = []
 
-    def load_pipeline(source, torch_dtype=None, device=None):
-        loads.append((source, torch_dtype))
+    def load_pipeline(source, device=None, dtype=None):
+        loads.append((source, dtype))
         return pipeline
 
     monkeypatch.setattr(reward_edit_pipeline, "load_pipeline", load_pipeline, raising=False)
@@ -685,7 +708,7 @@ def test_judge_node_without_the_environment_key_stops_with_a_message_naming_it(m
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with OpenAIServer() as server:
-        with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
+        with pytest.raises(ValueError, match="OPENAI_API_KEY"):
             comfy_runtime.judge(comfy_image(), comfy_image(), "x", "gpt-4o", server.base_url)
         assert server.chat_count == 0
         monkeypatch.setenv("OPENAI_API_KEY", "sk-unit-test")

@@ -31,6 +31,8 @@ EDIT_API = EXAMPLES / "api" / "reward_edit.json"
 JUDGE_API = EXAMPLES / "api" / "reward_edit_judge.json"
 FAKE_API_KEY = "sk-test-comfyui-e2e-0123456789"
 INPUT_SIZE = (64, 48)  # width, height: not square, multiples of 8
+PHOTO_NAME = "photo_451x300.jpg"
+PHOTO_SIZE = (451, 300)  # width, height as displayed: odd, not multiples of 8; stored rotated, with EXIF orientation
 
 
 # The examples use the paper's 30 steps; the tests run 8 (tiny model, 2 shared CPU cores in CI). Same value in both
@@ -64,6 +66,20 @@ def _write_inputs(comfy_dir: Path) -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     Image.fromarray(pixels, mode="RGB").save(comfy_dir / "input" / workflow[image_id]["inputs"]["image"])
+    _write_photo(comfy_dir / "input" / PHOTO_NAME)
+
+
+def _write_photo(path: Path) -> None:
+    """A JPEG "photo" of `PHOTO_SIZE` as displayed: stored as 300x451 pixels with EXIF orientation 6 (rotate 90°
+    clockwise), as cameras write portrait shots, so every reader must apply the orientation to get 451x300."""
+    width, height = PHOTO_SIZE
+    y, x = np.mgrid[0:width, 0:height].astype(np.float32)  # stored (rotated) layout: rows = displayed width
+    rng = np.random.default_rng(1)
+    stored = np.stack([x / height, y / width, 0.5 + 0.5 * np.sin((x + y) / 17.0)], axis=-1) * 200.0
+    stored = (stored + rng.normal(0, 12, stored.shape)).clip(0, 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° CW to display
+    Image.fromarray(stored, mode="RGB").save(path, quality=92, exif=exif.tobytes())
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +192,74 @@ def test_interrupting_a_running_edit_stops_it_between_steps(comfy):
     assert "execution_interrupted" in [message[0] for message in entry["status"]["messages"]]
     (save_id,) = _nodes_of_type(workflow, "SaveImage")
     assert save_id not in entry.get("outputs", {})
+
+
+def _photo_workflow(failure_text: str | None, seed: int = 42) -> dict:
+    """The example edit workflow on the 451x300 photo; ``failure_text=None`` leaves the optional input out."""
+    workflow = _load_workflow(EDIT_API)
+    (image_id,) = _nodes_of_type(workflow, "LoadImage")
+    workflow[image_id]["inputs"]["image"] = PHOTO_NAME
+    (condition_id,) = _nodes_of_type(workflow, "RewardCondition")
+    if failure_text is None:
+        del workflow[condition_id]["inputs"]["failure_text"]
+    else:
+        workflow[condition_id]["inputs"]["failure_text"] = failure_text
+    (edit_id,) = _nodes_of_type(workflow, "RewardEdit")
+    workflow[edit_id]["inputs"]["seed"] = seed
+    return workflow
+
+
+def _run_and_read_saved_image(server: ComfyServer, workflow: dict) -> np.ndarray:
+    entry = server.wait_for_history(server.queue_prompt(workflow))
+    (save_id,) = _nodes_of_type(workflow, "SaveImage")
+    (image,) = entry["outputs"][save_id]["images"]
+    with Image.open(server.comfy_dir / "output" / image.get("subfolder", "") / image["filename"]) as saved:
+        assert saved.mode == "RGB"
+        return np.asarray(saved).copy()
+
+
+def test_an_odd_sized_exif_photo_edits_to_its_own_size_and_matches_the_python_api(comfy):
+    """The 451x300 photo (odd size, EXIF-rotated JPEG) edits through the example workflow; the saved image has the
+    input's exact size (the documented rule), and it is the image the Python API makes from the same file."""
+    import torch
+
+    from reward_edit_pipeline import RewardEditPipeline
+    from reward_edit_pipeline.images import load_image
+
+    build, server = comfy
+    workflow = _photo_workflow("")
+    saved = _run_and_read_saved_image(server, workflow)
+    assert (saved.shape[1], saved.shape[0]) == PHOTO_SIZE
+
+    (loader_id,) = _nodes_of_type(workflow, "RewardEditLoader")
+    (edit_id,) = _nodes_of_type(workflow, "RewardEdit")
+    settings = workflow[edit_id]["inputs"]
+    pipeline = RewardEditPipeline.from_pretrained(
+        server.comfy_dir / "models" / "diffusers" / workflow[loader_id]["inputs"]["model"]
+    )
+    python = pipeline(
+        settings["instruction"],
+        image=load_image(server.comfy_dir / "input" / PHOTO_NAME),
+        reward_scores=(5, 5, 5),
+        failure_text=None,
+        num_inference_steps=settings["steps"],
+        guidance_scale=settings["guidance_scale"],
+        image_guidance_scale=settings["image_guidance_scale"],
+        generator=torch.Generator().manual_seed(settings["seed"]),
+        output_type="np",
+    ).images[0]
+    assert python.shape[:2] == saved.shape[:2]
+    python_8bit = np.clip(python * 255.0, 0, 255).astype(np.uint8)  # how SaveImage writes IMAGE values
+    difference = np.abs(python_8bit.astype(int) - saved.astype(int))
+    assert difference.max() <= 2 and difference.mean() < 0.05, (difference.max(), difference.mean())
+
+
+def test_an_empty_or_blank_failure_text_gives_the_same_image_as_no_failure_text(comfy):
+    build, server = comfy
+    without = _run_and_read_saved_image(server, _photo_workflow(None, seed=7))
+    empty = _run_and_read_saved_image(server, _photo_workflow("", seed=7))
+    blank = _run_and_read_saved_image(server, _photo_workflow("  \n ", seed=7))
+    np.testing.assert_array_equal(empty, without)
+    np.testing.assert_array_equal(blank, without)
+    failing = _run_and_read_saved_image(server, _photo_workflow("the hat is still red; None; blurry", seed=7))
+    assert np.abs(failing.astype(int) - without.astype(int)).max() > 0  # a failure text does change the edit
