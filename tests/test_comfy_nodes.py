@@ -20,6 +20,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
     import tomli as tomllib
 
+from comfyui_harness import FakeComfyUI, fake_folder_paths
 from reward_edit_pipeline.comfy_nodes import NODE_API, NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from reward_edit_pipeline.comfy_nodes import runtime as comfy_runtime
 from reward_edit_pipeline.comfy_nodes.core import (
@@ -71,7 +72,7 @@ def test_mappings_register_exactly_the_four_nodes_with_display_names():
 
 
 def test_v1_classes_carry_category_description_tooltips_and_a_callable_function(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "folder_paths", _fake_folder_paths(tmp_path))
+    monkeypatch.setitem(sys.modules, "folder_paths", fake_folder_paths(tmp_path))
     for node in V1_NODES:
         inputs = v1_inputs(node)
         assert all(entry[1]["tooltip"] for entry in inputs.values()), node.__name__
@@ -84,7 +85,7 @@ def test_v1_classes_carry_category_description_tooltips_and_a_callable_function(
 
 
 def test_node_inputs_outputs_and_widget_order_are_the_saved_workflow_contract(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "folder_paths", _fake_folder_paths(tmp_path))
+    monkeypatch.setitem(sys.modules, "folder_paths", fake_folder_paths(tmp_path))
     nodes = NODE_CLASS_MAPPINGS
     assert [nodes[n].RETURN_TYPES for n in NODE_IDS] == [
         ("REWARD_EDIT_PIPE",),
@@ -428,73 +429,11 @@ def test_pipeline_cache_loads_once_and_evicts_the_least_recently_used():
     assert evicted == [first] and second is not first and cache.loads == 2 and len(cache) == 1
 
 
-# Fakes of the three ComfyUI modules the runtime bridge uses, recording what the nodes ask of ComfyUI.
-def _fake_folder_paths(root: Path) -> types.ModuleType:
-    module = types.ModuleType("folder_paths")
-    module.get_folder_paths = lambda name: [str(root)] if name == "diffusers" else []
-    return module
-
-
-class _FakeComfy:
-    def __init__(self) -> None:
-        self.events: list = []
-        self.interrupted = False
-        self.device, self.fp16 = torch.device("cpu"), False
-        self.current_loaded_models: list = []
-        fake = self
-
-        class ProgressBar:
-            def __init__(self, total):
-                fake.events.append(("bar", total))
-
-            def update_absolute(self, value, total=None, preview=None):
-                fake.events.append(("progress", value, total))
-
-        class ModelPatcher:
-            def __init__(self, model, load_device, offload_device, size=0):
-                self.model, self.load_device, self.offload_device = model, load_device, offload_device
-
-        class Loaded:
-            def __init__(self, model):
-                self.model = model
-
-            def model_unload(self):
-                fake.events.append(("unload", self.model))
-
-        def load_models_gpu(models, memory_required=0, force_full_load=False):
-            fake.events.append(("load_models_gpu", models, force_full_load))
-            fake.current_loaded_models.extend(Loaded(m) for m in models)
-
-        def throw_exception_if_processing_interrupted():
-            if fake.interrupted:
-                raise KeyboardInterrupt("interrupted")
-
-        self.model_management = types.SimpleNamespace(
-            get_torch_device=lambda: fake.device,
-            should_use_fp16=lambda device=None: fake.fp16,
-            unet_offload_device=lambda: torch.device("cpu"),
-            current_loaded_models=self.current_loaded_models,
-            load_models_gpu=load_models_gpu,
-            throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted,
-            soft_empty_cache=lambda: fake.events.append(("soft_empty_cache",)),
-        )
-        self.utils = types.SimpleNamespace(ProgressBar=ProgressBar)
-        self.model_patcher = types.SimpleNamespace(ModelPatcher=ModelPatcher)
-
-    def install(self, monkeypatch, root: Path) -> None:
-        comfy = types.ModuleType("comfy")
-        comfy.model_management, comfy.utils, comfy.model_patcher = self.model_management, self.utils, self.model_patcher
-        monkeypatch.setitem(sys.modules, "comfy", comfy)
-        for name in ("model_management", "utils", "model_patcher"):
-            monkeypatch.setitem(sys.modules, f"comfy.{name}", getattr(comfy, name))
-        monkeypatch.setitem(sys.modules, "folder_paths", _fake_folder_paths(root))
-
-
 @pytest.fixture
 def fake_comfy(monkeypatch, tmp_path, pipeline):
     import reward_edit_pipeline
 
-    fake = _FakeComfy()
+    fake = FakeComfyUI()
     root = tmp_path / "diffusers"
     (root / "tiny").mkdir(parents=True)
     (root / "tiny" / "model_index.json").write_text("{}")
@@ -672,7 +611,7 @@ def _widget_values(node: type, api_inputs: dict) -> list:
 
 @pytest.mark.parametrize("name", ["reward_edit", "reward_edit_judge"])
 def test_ui_and_api_example_workflows_agree_with_each_other_and_the_nodes(name, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "folder_paths", _fake_folder_paths(tmp_path))
+    monkeypatch.setitem(sys.modules, "folder_paths", fake_folder_paths(tmp_path))
     ui = json.loads((REPO_ROOT / "example_workflows" / f"{name}.json").read_text())
     api = json.loads((REPO_ROOT / "example_workflows" / "api" / f"{name}.json").read_text())
     assert {str(node["id"]): node["type"] for node in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}
@@ -812,3 +751,67 @@ def test_v1_and_v3_classes_declare_the_same_nodes_in_a_real_comfyui_0_3_75(tmp_p
         assert _normalised_v1_inputs(v3["inputs"]) == _normalised_v1_inputs(v1["inputs"]), node_id
         assert v3["outputs"] == v1["outputs"], node_id
         assert v3["words"] == v1["words"], node_id
+
+
+# ------------------------------------------------------------------------------------------------ same rules as Python
+def _odd_photo(path: Path) -> Path:
+    """A 45x30 JPEG stored rotated (30x45) with EXIF orientation 6: odd size, not a multiple of 8, EXIF to apply."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    stored = rng.integers(0, 256, size=(45, 30, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored, mode="RGB").save(path, quality=95, exif=exif.tobytes())
+    return path
+
+
+def _python_edit(folder: Path, photo: Path, **settings) -> np.ndarray:
+    from reward_edit_pipeline import RewardEditPipeline
+    from reward_edit_pipeline.images import load_image
+
+    pipeline = RewardEditPipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline(
+        "add snow",
+        image=load_image(photo),
+        reward_scores=settings.get("reward_scores", (5, 5, 5)),
+        failure_text=settings.get("failure_text"),
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+    ).images
+
+
+@pytest.mark.parametrize("failure_text", [None, "", "  \n", "the hat is still red; None; None"])
+def test_the_nodes_edit_an_odd_exif_photo_exactly_like_the_python_api(tiny_pipeline_folder, tmp_path, failure_text):
+    from comfyui_harness import edit_with_nodes
+
+    photo = _odd_photo(tmp_path / "photo.jpg")
+    python = _python_edit(tiny_pipeline_folder, photo, failure_text=failure_text)
+    comfy = edit_with_nodes(tiny_pipeline_folder, photo, "add snow", failure_text=failure_text, steps=2, seed=3)
+    assert python.shape == comfy.shape == (1, 30, 45, 3)  # the input's displayed size, as documented
+    # float32 rounding noise only (an 8-bit step is 4e-3): same pixels in, same rules, same computation
+    np.testing.assert_allclose(comfy, python, atol=1e-5, rtol=0)
+    if failure_text is not None and not failure_text.strip():  # "" and blank are "no failure text", like None
+        without = edit_with_nodes(tiny_pipeline_folder, photo, "add snow", failure_text=None, steps=2, seed=3)
+        np.testing.assert_array_equal(comfy, without)
+
+
+def test_the_nodes_refuse_what_the_python_api_refuses_with_the_same_rule(tiny_pipeline_folder, tmp_path):
+    from comfyui_harness import edit_with_nodes
+
+    from reward_edit_pipeline.devices import resolve_dtype as library_resolve_dtype
+
+    photo = _odd_photo(tmp_path / "photo.jpg")
+    with pytest.raises(ValueError, match=r"quality score must be a finite number in \[0, 5\], got 5.5"):
+        edit_with_nodes(tiny_pipeline_folder, photo, "add snow", reward_scores=(5, 5, 5.5), steps=1)
+    with pytest.raises(ValueError, match=r"quality score must be a finite number in \[0, 5\], got 5.5"):
+        _python_edit(tiny_pipeline_folder, photo, reward_scores=(5, 5, 5.5))
+    with pytest.raises(ValueError, match="float16 is not supported on the CPU") as node_error:
+        edit_with_nodes(tiny_pipeline_folder, photo, "add snow", dtype="fp16", steps=1)
+    with pytest.raises(ValueError, match="float16 is not supported on the CPU") as library_error:
+        library_resolve_dtype("fp16", "cpu")
+    assert str(node_error.value) == str(library_error.value)
+    with pytest.raises(ValueError, match="`prompt` must not be empty"):
+        edit_with_nodes(tiny_pipeline_folder, photo, "   ", steps=1)
