@@ -71,7 +71,7 @@ def download_pipeline_files(
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError) as error:
         raise HubUnavailableError(
             f"`{name}` {repo_id!r}: there is no local folder of that name, and the Hugging Face Hub cannot be reached "
-            f"to download it as a repo id ({type(error).__name__}) and it is not in the local cache; pass an existing "
-            "local pipeline folder (CLI: --model PATH), or connect and retry"
+            f"to download it as a repo id ({type(error).__name__}; it is not in the local cache either); give an "
+            f"existing local pipeline folder as `{name}`, or connect and retry"
         ) from error
     return snapshot / subfolder if subfolder else snapshot

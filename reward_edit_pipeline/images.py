@@ -13,7 +13,7 @@ these functions, so one photo gives one input everywhere. The rules (also in ``d
 - **size**: any width and height. The pipeline pads the image at the bottom/right (edge pixels repeated) up to a
   multiple of its size factor, edits, and crops the result back: **the output has the input's exact size**.
 - **limit**: images with more than `DEFAULT_MAX_IMAGE_PIXELS` pixels are refused before any large allocation (raise it
-  with ``pipe.max_image_pixels = N``, or ``None`` for no limit; CLI ``--max-pixels``).
+  with ``pipe.max_image_pixels = N``, or ``None`` for no limit; CLI ``--max-pixels N``, ``0`` for no limit).
 """
 
 from __future__ import annotations
@@ -33,14 +33,20 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-def check_image_pixels(width: int, height: int, max_pixels: int | None, name: str = "image") -> None:
-    """Refuse an image larger than `max_pixels` (width x height) with a message naming the limit and the override."""
+def check_image_pixels(
+    width: int,
+    height: int,
+    max_pixels: int | None,
+    name: str = "image",
+    override: str = "`pipe.max_image_pixels = N` (None = no limit)",
+) -> None:
+    """Refuse an image larger than `max_pixels` (width x height) with a message naming the limit and `override`."""
     if max_pixels is not None and width * height > max_pixels:
+        side = int(max_pixels**0.5)
         raise ValueError(
             f"`{name}` is {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,} "
-            f"(about {int(max_pixels**0.5)}x{int(max_pixels**0.5)}); downscale it first, or raise the limit with "
-            "`pipe.max_image_pixels = N` (None = no limit; CLI: --max-pixels N, 0 = no limit) if your device has "
-            "the memory"
+            f"(about {side}x{side}); downscale it first, or raise the limit with {override} if your device has the "
+            "memory"
         )
 
 
@@ -151,8 +157,13 @@ def load_rgb_image(path: str | os.PathLike) -> Image.Image:
     return to_rgb_image(load_image(path))
 
 
-def shrink_to_max_side(image: Image.Image, max_side: int) -> Image.Image:
-    """Downscale (Lanczos) so that the longer side is at most `max_side`; `0` keeps the image. Never upscales."""
+def shrink_to_max_side(image: Image.Image, max_side: int) -> Image.Image | np.ndarray:
+    """Downscale (Lanczos) so that the longer side is at most `max_side`; `0` keeps the image. Never upscales.
+
+    8-bit ``RGB``/``L`` images stay PIL images. Other modes (alpha, 16-bit, float, ...) are first brought to RGB in
+    [0, 1] by `pil_to_array` and resized per channel in float, so no precision is lost; the result is then a float32
+    ``[H, W, 3]`` array (Lanczos overshoot clipped to [0, 1]). The pipeline takes both.
+    """
     if max_side < 0:
         raise ValueError(f"`max_side` must be >= 0, got {max_side}")
     longest = max(image.size)
@@ -160,7 +171,11 @@ def shrink_to_max_side(image: Image.Image, max_side: int) -> Image.Image:
         return image
     scale = max_side / longest
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.LANCZOS)
+    if image.mode in ("RGB", "L"):
+        return image.resize(size, Image.Resampling.LANCZOS)
+    array = pil_to_array(image)
+    channels = [np.asarray(Image.fromarray(array[..., c]).resize(size, Image.Resampling.LANCZOS)) for c in range(3)]
+    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0).astype(np.float32)
 
 
 def image_output_extensions() -> set[str]:

@@ -104,22 +104,30 @@ def load_local_pipeline(folder: str | os.PathLike, **kwargs: Any) -> RewardEditP
 
 
 def convert_official(
-    repo_id: str = OFFICIAL_REPO_ID, revision: str | None = None, output_dir: str | os.PathLike | None = None
+    repo_id: str = OFFICIAL_REPO_ID,
+    revision: str | None = None,
+    output_dir: str | os.PathLike | None = None,
+    name: str = "repo_id",
 ) -> Path:
     """Download the official stage-2 folder, convert it to a `RewardEditPipeline` folder and return that folder.
 
-    The conversion is cached (`converted_cache_dir()`); later calls reuse it without touching the network.
+    Without `output_dir` the conversion is cached (`converted_cache_dir()`) and later calls reuse it without touching
+    the network; with `output_dir` it is always written there (replacing the pipeline files of that name).
     """
+    cached = output_dir is None
     target = (
         Path(output_dir)
-        if output_dir
+        if not cached
         else converted_cache_dir() / f"{repo_id.replace('/', '--')}--{revision or 'main'}"
     )
-    if (target / "model_index.json").is_file():
+    if cached and (target / "model_index.json").is_file():
         return target
-    stage2 = download_pipeline_files(repo_id, subfolder=OFFICIAL_STAGE2_FOLDER, name="model", revision=revision)
-    logger.info("converting the official weights from %s to %s (once)", repo_id, target)
+    stage2 = download_pipeline_files(repo_id, subfolder=OFFICIAL_STAGE2_FOLDER, name=name, revision=revision)
+    logger.info("converting the official weights from %s to %s", repo_id, target)
     pipe = RewardEditPipeline.from_official(stage2)
+    if not cached:
+        pipe.save_pretrained(target)
+        return target
     partial = target.with_name(target.name + ".partial")  # written aside, then renamed: no half folder on crash
     shutil.rmtree(partial, ignore_errors=True)
     pipe.save_pretrained(partial)

@@ -20,7 +20,10 @@ def run(args: argparse.Namespace) -> int:
         validate_args(args)
         resolve_mixed_precision(args.mixed_precision, resolve_device("auto"))  # fp16 on a CPU-only machine: refuse
     except ValueError as error:
-        raise SystemExit(f"reward-edit train: error: {error}") from None
+        import sys
+
+        print(f"reward-edit train: error: {error}", file=sys.stderr)
+        return 2
     configure_logging()
     train(args)
     return 0

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
+from ..images import to_rgb_image
 from ..records import RewardRecord
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def load_rgb_image(source: ImageSource) -> Image.Image:
         else:
             raise ImageLoadError(SKIP_UNREADABLE_IMAGE, f"unsupported image type {type(source).__name__}")
         image.load()  # decode now, so truncated files fail here and not later
-        return image.convert("RGB")
+        return to_rgb_image(image)  # the package's one image rule: EXIF, alpha on white, 16-bit scaled
     except ImageLoadError:
         raise
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:

@@ -244,9 +244,10 @@ def log_validation(
 ) -> list[str]:
     """Edit `--validation_image` with `--validation_prompt` (rewards (5, 5, 5) in stage 2); write PNGs, log images."""
     import numpy as np
-    from PIL import Image
 
-    image = Image.open(args.validation_image).convert("RGB")
+    from ..images import load_rgb_image
+
+    image = load_rgb_image(args.validation_image)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     kwargs: dict[str, Any] = {}
     if args.stage == 2:
@@ -583,20 +584,27 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
                 if ema_unet is not None:
                     ema_unet.step(unet.parameters())
                 progress.global_step += 1
-                step_loss = step_loss_sum / max(step_micro_batches, 1)
-                progress.losses.append(step_loss)
-                step_loss_sum, step_micro_batches = 0.0, 0
                 now = time.perf_counter()
                 step_times.append(now - step_started)
                 step_started = now
                 progress_bar.update(1)
-                progress_bar.set_postfix(
-                    loss=f"{step_loss:.4f}", step_s=f"{step_times[-1]:.2f}", skipped=progress.skips.total
-                )
-                accelerator.log(
-                    {"train_loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "step_time_s": step_times[-1]},
-                    step=progress.global_step,
-                )
+                logged = {"lr": lr_scheduler.get_last_lr()[0], "step_time_s": step_times[-1]}
+                if step_micro_batches:
+                    step_loss = step_loss_sum / step_micro_batches
+                    progress.losses.append(step_loss)
+                    logged["train_loss"] = step_loss
+                    progress_bar.set_postfix(
+                        loss=f"{step_loss:.4f}", step_s=f"{step_times[-1]:.2f}", skipped=progress.skips.total
+                    )
+                else:  # no loss to report: a 0.0 would read as a perfect step
+                    logger.warning(
+                        "step %d: every sample of its batch was skipped (%s so far); no loss for this step",
+                        progress.global_step,
+                        progress.skips.as_dict()["by_reason"],
+                        main_process_only=False,
+                    )
+                step_loss_sum, step_micro_batches = 0.0, 0
+                accelerator.log(logged, step=progress.global_step)
 
                 if progress.global_step % args.checkpointing_steps == 0:
                     save_checkpoint(args, accelerator, progress.global_step)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from ..rewards import validate_score_triple
+from ..images import to_rgb_image
+from ..rewards import parse_score_text
 from .loaders import BenchmarkItem
 
 SCHEDULERS: tuple[str, ...] = ("euler-ancestral", "model")
@@ -99,7 +100,7 @@ def official_edit_size(width: int, height: int, resolution: int = 512, multiple:
 
 def prepare_input_image(image: Image.Image, resolution: int = 512, multiple: int = 64) -> Image.Image:
     """Resize and center-crop a photo to `official_edit_size` with `ImageOps.fit` (Lanczos), in RGB."""
-    image = image.convert("RGB")
+    image = to_rgb_image(image)  # the package's one image rule: EXIF, alpha on white, 16-bit scaled
     size = official_edit_size(image.width, image.height, resolution, multiple)
     return ImageOps.fit(image, size, method=Image.Resampling.LANCZOS)
 
@@ -112,15 +113,8 @@ def _format_scores(scores: tuple[float, float, float]) -> str:
 
 
 def parse_reward_scores(text: str, name: str = "--scores") -> tuple[float, float, float]:
-    """Parse ``"5,5,5"`` (following, preserving, quality), each in [0, 5]."""
-    parts = [part.strip() for part in text.split(",")]
-    try:
-        values = [float(part) for part in parts]
-    except ValueError as error:
-        raise ValueError(
-            f"`{name}` must be three comma-separated numbers in [0, 5] (following,preserving,quality), got {text!r}"
-        ) from error
-    return validate_score_triple(values, name=name)
+    """Parse ``"5,5,5"`` (following, preserving, quality), each in [0, 5] (`rewards.parse_score_text`)."""
+    return parse_score_text(text, name=name)
 
 
 def build_settings(
@@ -252,12 +246,10 @@ PipelineLoader = Callable[[EditSetting, GenerationConfig], object]
 
 def default_pipeline_loader(setting: EditSetting, config: GenerationConfig):
     """Load `setting.model` with `reward_edit_pipeline.load_pipeline`, switching to the official scheduler."""
-    import torch
 
     from .. import load_pipeline
 
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(setting.model, device=device, torch_dtype=getattr(torch, config.torch_dtype))
+    pipe = load_pipeline(setting.model, device=config.device, dtype=config.torch_dtype)  # devices.py rules
     if config.scheduler == "euler-ancestral":
         from diffusers import EulerAncestralDiscreteScheduler
 

@@ -142,14 +142,17 @@ def build_pricing(args: argparse.Namespace, judge):
 
 def run(args: argparse.Namespace) -> int:
     import itertools
+    import sqlite3
 
     from ..data import iter_triplets
+    from ._checks import check_store_path
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.max_retries < 0:
         print(f"error: --max-retries must be >= 0, got {args.max_retries}", file=sys.stderr)
         return 2
     try:
+        check_store_path(args.store, must_exist=False)
         judge = build_judge(args)
         pricing = build_pricing(args, judge)
         items = iter_triplets(args.input, seeds=args.seeds)
@@ -160,6 +163,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = _run(args, items, judge, pricing)
+    except (ValueError, FileNotFoundError, sqlite3.DatabaseError) as error:  # e.g. a bad line in a JSONL manifest
+        judge.close()
+        print(f"error: {error}", file=sys.stderr)
+        print(
+            f"finished judgments (if any) are in {args.store}; fix the input and run again to resume", file=sys.stderr
+        )
+        return 2
     except KeyboardInterrupt:
         print(
             f"interrupted: finished judgments are in {args.store}; run the same command again to resume",
@@ -168,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     judge.close()
     print(summary.format())
+    if summary.items == 0:
+        print(f"warning: --input {args.input} holds no triplets; nothing was annotated", file=sys.stderr)
     if args.dry_run:
         return 0
     return 0 if summary.final_items_done == summary.items else 1

@@ -1,4 +1,8 @@
-"""`reward-edit convert-official SRC -o OUT`: official release folder (or repo id) → RewardEditPipeline folder."""
+"""`reward-edit convert-official SRC -o OUT`: official release folder (or repo id) → RewardEditPipeline folder.
+
+Exit status: 0 done, 2 bad input (SOURCE missing or not a pipeline folder, OUT not a folder), 1 the Hub cannot be
+reached.
+"""
 
 from __future__ import annotations
 
@@ -21,13 +25,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..loading import HubUnavailableError, convert_official, load_local_pipeline
 
+    output: Path = args.output
+    if output.exists() and not output.is_dir():
+        print(f"error: --output {str(output)!r} is a file; give a folder to write the pipeline into", file=sys.stderr)
+        return 2
+    if os.path.exists(args.source) and output.resolve() == Path(args.source).resolve():
+        print("error: --output is SOURCE; write the converted pipeline to another folder", file=sys.stderr)
+        return 2
+    if output.is_dir() and any(output.iterdir()):
+        print(
+            f"warning: --output {str(output)!r} is not empty: the pipeline's files are written over files of the same "
+            "name, other files stay",
+            file=sys.stderr,
+        )
     try:
         if os.path.isdir(args.source):
-            load_local_pipeline(args.source).save_pretrained(args.output)
+            load_local_pipeline(args.source).save_pretrained(output)
         else:
-            convert_official(args.source, args.revision, output_dir=args.output)
+            convert_official(args.source, args.revision, output_dir=output, name="SOURCE")
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except HubUnavailableError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {args.output}")
+    print(f"wrote {output}")
     return 0

@@ -20,14 +20,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+    import sqlite3
+
     from ..data.official import import_official
+    from ._checks import check_store_path
 
     try:
+        check_store_path(args.store, must_exist=False)
         report = import_official(args.json, args.store, images_dir=args.images)
-    except (FileNotFoundError, ValueError) as error:
+    except json.JSONDecodeError as error:
+        print(f"error: {args.json} is not valid JSON: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, sqlite3.DatabaseError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"imported {report['imported']} items into {args.store}")
+    if report["imported"] == 0:
+        print(f"warning: {args.json} holds no items; nothing was imported", file=sys.stderr)
     if report["without_images"]:
         print(
             f"{report['without_images']} key(s) have no folder under --images (scores imported without images)",
