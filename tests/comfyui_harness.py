@@ -321,17 +321,18 @@ class FakeComfyUI:
 
 
 def load_image_like_comfyui(path: str | os.PathLike) -> Any:
-    """What ComfyUI's Load Image node makes of an 8-bit image file: EXIF orientation applied, converted to RGB,
-    float32 ``[1, H, W, 3]`` in [0, 1]. (For other modes, e.g. 16-bit or transparency, Load Image is ComfyUI's own
-    code and is exercised only by the end-to-end test.)"""
+    """What ComfyUI's Load Image node makes of an 8-bit image file: EXIF orientation applied, converted to RGB by
+    Pillow (transparency dropped: Load Image hands alpha out separately, as a MASK), float32 ``[1, H, W, 3]`` in
+    [0, 1]. Files Load Image decodes its own way (16-bit and float modes) are refused here: they are ComfyUI's code,
+    exercised only by the end-to-end test."""
     import numpy as np
     import torch
     from PIL import Image, ImageOps
 
     with Image.open(path) as opened:
         image = ImageOps.exif_transpose(opened)
-        if image.mode not in ("RGB", "L", "P", "CMYK", "YCbCr"):
-            raise ValueError(f"load_image_like_comfyui reads 8-bit images without transparency, got mode {image.mode}")
+        if image.mode.startswith(("I", "F")):
+            raise ValueError(f"load_image_like_comfyui reads 8-bit images, got mode {image.mode}")
         pixels = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0
     return torch.from_numpy(pixels)[None]
 
