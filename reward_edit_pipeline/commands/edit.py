@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from ..devices import DTYPE_CHOICES, DTYPE_NAMES, MAX_SEED, check_seed
+from ..downloads import OFFICIAL_REPO_ID as DEFAULT_MODEL  # light: `--help` imports no torch
 from ..images import DEFAULT_MAX_IMAGE_PIXELS
-from ..loading import DEFAULT_MODEL
 from ..rewards import parse_score_text
 
 

@@ -38,7 +38,8 @@ except ImportError:  # pragma: no cover - older diffusers
 # Classes this package contributes as pipeline components (model_index.json: ["reward_edit_pipeline", name]).
 PACKAGE_CLASSES: dict[str, type] = {RewardUNet2DConditionModel.__name__: RewardUNet2DConditionModel}
 
-# Pinned for the life of the project: saved folders record these names, so renaming them breaks every saved model.
+# Pinned for the life of the project: saved folders record these names in `model_index.json` (`_class_name` as
+# [loader module, class], components as [library, class]), so renaming either breaks every published folder.
 LOADER_MODULE_STEM = "pipeline_reward_edit"
 PUBLIC_LIBRARY = "reward_edit_pipeline"
 LOADER_SHIM_SOURCE = '''"""Loader shim for `diffusers.DiffusionPipeline.from_pretrained(<this folder or repo>, trust_remote_code=True)`.
@@ -256,6 +257,18 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             logger.info("from_official: using EulerAncestralDiscreteScheduler, the paper's evaluation scheduler")
             pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
         return pipe
+
+    @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path: str | os.PathLike, **kwargs: Any) -> RewardEditPipeline:
+        """Not supported: a single checkpoint file (``.ckpt``/``.safetensors`` in the original Stable Diffusion layout)
+        has no reward modules and no reward configuration. Raises `NotImplementedError` naming what to use instead."""
+        raise NotImplementedError(
+            f"RewardEditPipeline cannot be loaded from a single checkpoint file ({pretrained_model_link_or_path!r}):"
+            " a reward-conditioned model is a diffusers folder. Use RewardEditPipeline.from_pretrained(folder or repo id)"
+            " for a saved RewardEditPipeline, RewardEditPipeline.from_official(folder) for the official release folder,"
+            " or RewardEditPipeline.from_instruct_pix2pix(folder or repo id) to wrap an InstructPix2Pix checkpoint"
+            " (reward_edit_pipeline.load_pipeline detects which of these a folder is)."
+        )
 
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any):
         """Save as safetensors, loadable by `RewardEditPipeline.from_pretrained(folder)` and by
@@ -594,7 +607,8 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             negative_prompt_embeds=negative_prompt_embeds,
         )
 
-        # 3. Encode the reward condition (one row per generated image), repeated over the guidance branches
+        # 3. Encode the reward condition once per call (one row per generated image; identical failure texts are
+        #    encoded once), repeated over the guidance branches; every denoising step reuses it
         reward_scores = reward_scores.repeat_interleave(num_images_per_prompt, dim=0).to(device)
         failure_text_embeds = self.encode_failure_text(failure_texts, device).repeat_interleave(
             num_images_per_prompt, dim=0
@@ -611,6 +625,9 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             branch_text_embeds = torch.cat([branch_text_embeds, failure_text_embeds])
             null_reward_mask = torch.zeros(branch_scores.shape[0], dtype=torch.bool, device=device)
             null_reward_mask[-total:] = True
+        reward_condition = self.unet.compute_reward_condition(
+            branch_scores, branch_text_embeds, null_reward_mask, device=device
+        )
 
         # 4. Preprocess the image: one per generated image, in prompt order
         image, input_size = self._preprocess_image(image)
@@ -660,9 +677,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
                     scaled_latent_model_input,
                     t,
                     encoder_hidden_states=prompt_embeds,
-                    reward_scores=branch_scores,
-                    failure_text_embeds=branch_text_embeds,
-                    null_reward_mask=null_reward_mask,
+                    reward_condition=reward_condition,
                     cross_attention_kwargs=cross_attention_kwargs,
                     return_dict=False,
                 )[0]
