@@ -80,9 +80,8 @@ def _release(pipe: RewardEditPipe) -> None:
 
 def load_pipe(model: str, hub_id: str, device: str, dtype: str) -> RewardEditPipe:
     """`RewardEditLoader`: resolve the model inside models/diffusers (or the Hub id), load it once, cache it."""
-    import torch
-
     import comfy.model_management as model_management
+    import torch
 
     if device not in DEVICE_CHOICES:
         raise ValueError(f"`device` must be one of {DEVICE_CHOICES}, got {device!r}")
