@@ -210,7 +210,7 @@ def reward_records_from_dataset(dataset: Any) -> dict[str, Any]:
 
     The records are what `reward_edit_pipeline.data.load_reward_records` returns for the store it was pushed from.
     """
-    from reward_edit_pipeline.data import RewardRecord
+    from reward_edit_pipeline.data import RewardRecord, read_failure_text
 
     missing = [column for column in ("id", *SCORE_COLUMNS, *FAILURE_COLUMNS) if column not in dataset.column_names]
     if missing:
@@ -219,5 +219,6 @@ def reward_records_from_dataset(dataset: Any) -> dict[str, Any]:
     records = {}
     for row in table:
         scores = tuple(float(row[c]) for c in SCORE_COLUMNS)
-        records[str(row["id"])] = RewardRecord(scores, tuple(row[c] for c in FAILURE_COLUMNS))
+        texts = tuple(read_failure_text(row[c]) for c in FAILURE_COLUMNS)
+        records[str(row["id"])] = RewardRecord(scores=scores, failure_texts=texts, item_id=str(row["id"]))
     return records

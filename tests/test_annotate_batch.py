@@ -13,10 +13,7 @@ from reward_edit_pipeline.data import Triplet, store_rows
 from reward_edit_pipeline.judge import AnnotationStore, OpenAIJudge, annotate
 from reward_edit_pipeline.judge.batch import run_batch_annotation
 
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+pytestmark = pytest.mark.usefixtures("openai_api_key")
 
 
 def make_items(tmp_path: Path, instructions: list[str]) -> list[Triplet]:

@@ -13,6 +13,8 @@ from PIL import Image
 from reward_edit_pipeline.data import Triplet, iter_triplets, load_reward_records
 from reward_edit_pipeline.judge import AnnotationStore, FunctionJudge, OpenAIJudge, annotate
 
+pytestmark = pytest.mark.usefixtures("openai_api_key")
+
 # instruction directive -> the reason every perspective of that item must end with (None = done)
 FAULTS = {
     "": None,
@@ -54,11 +56,6 @@ def write_items(folder: Path, instructions: list[str]) -> Path:
     manifest = folder / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
 
 
 @pytest.fixture

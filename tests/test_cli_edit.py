@@ -17,13 +17,12 @@ from reward_edit_pipeline.loading import HubUnavailableError, detect_layout, loa
 from reward_edit_pipeline.testing import (
     save_dummy_instruct_pix2pix_folder,
     save_dummy_official_folder,
-    save_dummy_pipeline,
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return save_dummy_pipeline(tmp_path_factory.mktemp("tiny_model"))
+@pytest.fixture
+def tiny_model(tiny_pipeline_folder) -> Path:
+    return tiny_pipeline_folder  # the session's saved tiny pipeline (tests/conftest.py)
 
 
 @pytest.fixture()

@@ -44,10 +44,10 @@ def test_invalid_official_entries_raise_naming_the_key(entry, message):
 
 def test_reward_record_validates_and_never_clamps():
     with pytest.raises(ValueError, match="scores"):
-        RewardRecord((5.5, 1, 1), ("", "", ""))
+        RewardRecord(scores=(5.5, 1, 1), failure_texts=("", "", ""))
     with pytest.raises(ValueError, match="failure_texts"):
-        RewardRecord((1, 1, 1), ("a", "b"))
-    assert RewardRecord((5, 5, 5), ("", "", "")).failure_text == "None; None; None"
+        RewardRecord(scores=(1, 1, 1), failure_texts=("a", "b"))
+    assert RewardRecord(scores=(5, 5, 5), failure_texts=("", "", "")).failure_text == "None; None; None"
 
 
 def test_unknown_formats_are_rejected(tmp_path):
@@ -58,3 +58,22 @@ def test_unknown_formats_are_rejected(tmp_path):
         load_reward_records(tmp_path / "none.json")
     with pytest.raises(ValueError, match="on_incomplete"):
         load_reward_records(OFFICIAL, on_incomplete="ignore")
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{oops", r"rows\.jsonl:2: not valid JSON"),
+        ("[1, 2]", r"rows\.jsonl:2: expected an export row object, got a list"),
+    ],
+)
+def test_a_bad_jsonl_line_is_an_error_naming_file_and_line(tmp_path, line, message):
+    good = {"id": "a", "status": "done", "scores": [5, 4, 3], "failure_texts": ["", "None", "x"]}
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(good) + "\n" + line + "\n\n")
+    with pytest.raises(ValueError, match=message):
+        load_reward_records(path)
+    path.write_text(json.dumps(good) + "\n\n")  # blank lines are allowed
+    assert load_reward_records(path) == {
+        "a": RewardRecord(scores=(5, 4, 3), failure_texts=("", "", "x"), item_id="a")
+    }  # "None" is the official spelling of "nothing to report": read as ""

@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-from hub_server import point_clients_at, running_hub
 from PIL import Image
 from reward_edit_pipeline.hub.push_dataset import (
     COLUMNS,
@@ -14,8 +13,6 @@ from reward_edit_pipeline.hub.push_dataset import (
     push_dataset,
     stage_dataset_folder,
 )
-
-TOKEN = "hf_test_write_token"
 
 
 def _image_bytes(seed: int, fmt: str) -> bytes:
@@ -43,14 +40,6 @@ def make_rows(count: int = 5) -> list[RewardRow]:
             )
         )
     return rows
-
-
-@pytest.fixture()
-def hub(tmp_path, monkeypatch):
-    with running_hub() as state:
-        point_clients_at(state.endpoint, monkeypatch, tmp_path / "hf-cache")
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        yield state
 
 
 def _assert_rows_equal(dataset, rows: list[RewardRow]) -> None:

@@ -13,6 +13,8 @@ from PIL import Image
 
 from reward_edit_pipeline.judge import FunctionJudge, OpenAIJudge, parse_retry_after
 
+pytestmark = pytest.mark.usefixtures("openai_api_key")
+
 ORIGINAL = Image.new("RGB", (64, 48), (200, 20, 20))
 EDITED = Image.new("RGB", (64, 48), (20, 200, 20))
 
@@ -21,11 +23,6 @@ EDITED = Image.new("RGB", (64, 48), (20, 200, 20))
 def server():
     with OpenAIServer(retry_after="0.3", slow_seconds=1.0) as running:
         yield running
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-value")
 
 
 def make_judge(server, **kwargs):

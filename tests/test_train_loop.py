@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reward_edit_pipeline.train.args import parse_args
+from reward_edit_pipeline.train.train import main, train
+from training_data import write_official_rewards, write_triplet_folder
 
-sys.path.insert(0, str(Path(__file__).parent))
-from reward_edit_pipeline.train.args import parse_args  # noqa: E402
-from reward_edit_pipeline.train.train import main, train  # noqa: E402
-from test_train_fixtures import single_torch_thread, write_official_rewards, write_triplet_folder  # noqa: E402, F401
-
-from reward_edit_pipeline.testing import (  # noqa: E402
+from reward_edit_pipeline.testing import (
     save_dummy_instruct_pix2pix_folder,
     save_dummy_text_to_image_folder,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from ..images import to_rgb_image
 from ..rewards import parse_score_text
 from .loaders import BenchmarkItem
 
@@ -99,7 +100,7 @@ def official_edit_size(width: int, height: int, resolution: int = 512, multiple:
 
 def prepare_input_image(image: Image.Image, resolution: int = 512, multiple: int = 64) -> Image.Image:
     """Resize and center-crop a photo to `official_edit_size` with `ImageOps.fit` (Lanczos), in RGB."""
-    image = image.convert("RGB")
+    image = to_rgb_image(image)  # the package's one image rule: EXIF, alpha on white, 16-bit scaled
     size = official_edit_size(image.width, image.height, resolution, multiple)
     return ImageOps.fit(image, size, method=Image.Resampling.LANCZOS)
 

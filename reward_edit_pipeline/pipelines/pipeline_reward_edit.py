@@ -480,6 +480,9 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
                 height + pad_bottom,
             )
             pixels = torch.nn.functional.pad(pixels, (0, pad_right, 0, pad_bottom), mode="replicate")
+        # one memory layout whatever the source (a PIL image's stride-0 batch view loses channels-last in `pad`): the
+        # VAE's float result depends on it, and the same picture must give the same pixels from every front end
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
         return pixels * 2.0 - 1.0, (height, width)
 
     @property
