@@ -108,7 +108,7 @@ class RewardDiTCondition:
     CATEGORY = CATEGORY
     FUNCTION = "execute"
     RETURN_TYPES = ("CONDITIONING",)
-    RETURN_NAMES = ("conditioning",)
+    RETURN_NAMES = ("reward_conditioning",)
     DESCRIPTION = DIT_DESCRIPTIONS["RewardDiTCondition"]
 
     @classmethod
@@ -133,7 +133,7 @@ class RewardDiTAdapterLoader:
     CATEGORY = CATEGORY
     FUNCTION = "execute"
     RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
+    RETURN_NAMES = ("reward_model",)
     DESCRIPTION = DIT_DESCRIPTIONS["RewardDiTAdapterLoader"]
 
     @classmethod
@@ -181,7 +181,7 @@ def v3_dit_nodes() -> tuple[type, ...]:
                     io.Float.Input("reward_guidance_scale", **_GUIDANCE),
                     io.String.Input("failure_text", default="", multiline=True, optional=True),
                 ],
-                [io.Conditioning.Output("conditioning", display_name="conditioning")],
+                [io.Conditioning.Output("reward_conditioning", display_name="reward_conditioning")],
             )
 
         @classmethod
@@ -198,7 +198,7 @@ def v3_dit_nodes() -> tuple[type, ...]:
                     io.String.Input("reward_adapter", default=""),
                     io.Float.Input("lora_strength", **_STRENGTH),
                 ],
-                [io.Model.Output("model", display_name="model")],
+                [io.Model.Output("reward_model", display_name="reward_model")],
             )
 
         @classmethod

@@ -33,7 +33,7 @@ from diffusers import FluxKontextPipeline, FluxTransformer2DModel  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 from peft.utils import get_peft_model_state_dict  # noqa: E402
 from reward_edit_pipeline.comfy_nodes.dit_patch import REWARD_MODEL_COND, pack_reward_condition  # noqa: E402
-from reward_edit_pipeline.comfy_nodes.nodes_dit import run_adapter_loader, run_condition  # noqa: E402
+from reward_edit_pipeline.comfy_nodes.nodes_dit import run_adapter_loader  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from reward_edit_pipeline.models.reward_dit_condition import RewardCondition  # noqa: E402
@@ -245,7 +245,24 @@ zero = run_adapter_loader(plain, str(WORK / "zero_adapter"), 1.0)
 report["zero_adapter_vs_plain_max_abs"] = (comfy_output(zero, packed_rows(1.0)) - plain_out).abs().max().item()
 report["plain_after_unpatch_max_abs"] = (comfy_output(plain, None) - plain_out).abs().max().item()
 
-patched = run_adapter_loader(plain, str(WORK / "trained_adapter"), 1.0)
+# the node classes ComfyUI registers (V3 here: comfy_api.v0_0_2 exists), declared like their V1 twins
+import reward_edit_pipeline.comfy_nodes as pack  # noqa: E402
+from reward_edit_pipeline.comfy_nodes.nodes_dit import V1_DIT_NODES  # noqa: E402
+
+
+def declared(inputs: dict) -> dict:
+    return {section: {name: [kind, *(entry or [{}])] for name, (kind, *entry) in items.items()}
+            for section, items in inputs.items()}  # fmt: skip
+
+
+report["node_api"] = pack.NODE_API
+report["v1_v3_same_declarations"] = all(
+    declared(pack.NODE_CLASS_MAPPINGS[v1.__name__].INPUT_TYPES(include_hidden=False)) == declared(v1.INPUT_TYPES())
+    and list(pack.NODE_CLASS_MAPPINGS[v1.__name__].RETURN_TYPES) == list(v1.RETURN_TYPES)
+    for v1 in V1_DIT_NODES
+)
+loader_node = pack.NODE_CLASS_MAPPINGS["RewardDiTAdapterLoader"]
+patched = loader_node.execute(model=plain, reward_adapter=str(WORK / "trained_adapter"), lora_strength=1.0).args[0]
 report["lora_patches"] = len(patched.patches)
 report["object_patches"] = sorted(patched.object_patches)
 for scale in (1.0, 2.0):
@@ -275,7 +292,11 @@ def conditioning(following: float, failure_text: str = "") -> list:
         "guidance": 2.5,
         "reference_latents": [reference[:1]],
     }]]  # fmt: skip
-    return run_condition(base_cond, clip, following, 5.0, 5.0, 1.0, failure_text)
+    node = pack.NODE_CLASS_MAPPINGS["RewardDiTCondition"]
+    return node.execute(
+        conditioning=base_cond, clip=clip, following=following, preserving=5.0, quality=5.0,
+        reward_guidance_scale=1.0, failure_text=failure_text,
+    ).args[0]  # fmt: skip
 
 
 def sample(positive: list, negative: list, cfg: float) -> torch.Tensor:

@@ -143,6 +143,7 @@ def test_patched_comfyui_flux_matches_the_library_in_comfyui_0_3_75(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["node_api"] == "v3" and report["v1_v3_same_declarations"]
     assert report["comfy_vs_diffusers_base_max_abs"] < 1e-5  # the weight conversion itself
     assert report["zero_adapter_vs_plain_max_abs"] == 0.0  # zero-init adapter: ComfyUI's output unchanged
     assert report["plain_after_unpatch_max_abs"] == 0.0
