@@ -530,7 +530,7 @@ def _run_isolated(code: str) -> subprocess.CompletedProcess:
         cwd=os.path.dirname(REPO_ROOT),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # imports diffusers in a fresh interpreter: minutes on a very busy CPU
         env={**os.environ, "PYTHONPATH": ""},
     )
 
