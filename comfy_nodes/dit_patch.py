@@ -7,7 +7,7 @@ their inputs and outputs through ComfyUI's Flux (``comfy/ldm/flux/model.py``):
 - **condition** (`pack_reward_condition`): each conditioning entry carries its own reward in ``model_conds`` under
   `REWARD_MODEL_COND` — a ``[1, 4 + D]`` row: the three scores, the reward-guidance scale and the pooled failure-text
   embedding. ComfyUI batches and repeats it per row like any model condition, so different prompts in one batch or
-  queue keep their own rewards.
+  queue keep their own rewards; the batched rows reach the model as `PackedRewardRows` (kept float32).
 - **diffusion-model wrapper** (`FluxRewardWrapper`, ``WrappersMP.DIFFUSION_MODEL``): per call it runs the conditioner
   on that call's rows and exposes the result to the patched modules through a `contextvars.ContextVar` that is set
   for the call and reset afterwards (no state on modules, nothing kept between calls). Rows with reward guidance > 1
@@ -64,6 +64,15 @@ def unpack_reward_condition(packed: torch.Tensor) -> tuple[torch.Tensor, torch.T
         raise ValueError(f"the reward condition must have shape [batch, {_HEADER} + D], got {tuple(packed.shape)}")
     packed = packed.float()
     return packed[:, :_NUM_SCORES], packed[:, _NUM_SCORES], packed[:, _HEADER:]
+
+
+@dataclass(frozen=True)
+class PackedRewardRows:
+    """The batched reward rows as ComfyUI hands them to the diffusion model. Not a tensor on purpose:
+    ``BaseModel._apply_model`` casts every tensor-like model condition to the model's dtype, which in fp16/bf16 would
+    change the scores (4.3 → 4.3125 in bf16) and the failure-text embedding; the rows stay float32."""
+
+    rows: torch.Tensor
 
 
 class FluxRewardModules(nn.Module):
@@ -281,7 +290,8 @@ class FluxRewardWrapper:
         parameter = next(self.modules.parameters())
         if parameter.device != x.device:
             self.modules.to(x.device)  # ComfyUI moves the base model; the adapter follows the input
-        scores, scales, text = unpack_reward_condition(packed.to(x.device))
+        rows = packed.rows if isinstance(packed, PackedRewardRows) else packed
+        scores, scales, text = unpack_reward_condition(rows.to(x.device))
         if scores.shape[0] != x.shape[0]:
             raise ValueError(f"reward condition has {scores.shape[0]} rows for a batch of {x.shape[0]}")
         with torch.no_grad():

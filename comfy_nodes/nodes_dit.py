@@ -45,6 +45,20 @@ def encode_failure_text(clip: Any, failure_text: str | None) -> Any:
     return pooled
 
 
+def reward_rows_cond(packed: Any) -> Any:
+    """A ``comfy.conds.CONDRegular`` for the reward row whose batched value is a `PackedRewardRows` (not cast to the
+    model's dtype by ComfyUI, see there)."""
+    import comfy.conds
+
+    from .dit_patch import PackedRewardRows
+
+    class RewardRowsCond(comfy.conds.CONDRegular):
+        def concat(self, others: list) -> PackedRewardRows:
+            return PackedRewardRows(super().concat(others).float())
+
+    return RewardRowsCond(packed)
+
+
 def run_condition(
     conditioning: list,
     clip: Any,
@@ -55,8 +69,6 @@ def run_condition(
     failure_text: str | None = None,
 ) -> list:
     """``RewardDiTCondition``: a copy of `conditioning` whose entries carry the reward in ``model_conds``."""
-    import comfy.conds
-
     from .dit_patch import REWARD_MODEL_COND, pack_reward_condition
 
     reward = make_reward_condition(following, preserving, quality, failure_text)
@@ -65,7 +77,7 @@ def run_condition(
     for cond, options in conditioning:
         options = dict(options)
         model_conds = dict(options.get("model_conds", {}))
-        model_conds[REWARD_MODEL_COND] = comfy.conds.CONDRegular(packed)
+        model_conds[REWARD_MODEL_COND] = reward_rows_cond(packed)
         options["model_conds"] = model_conds
         out.append([cond, options])
     return out

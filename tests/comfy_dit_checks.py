@@ -307,6 +307,10 @@ def sample(positive: list, negative: list, cfg: float) -> torch.Tensor:
     )
 
 
+rows_cond = conditioning(4.3)[0][1]["model_conds"][REWARD_MODEL_COND]
+batched = rows_cond.process_cond(batch_size=2).concat([rows_cond.process_cond(batch_size=1)])
+report["batched_rows_not_a_tensor"] = not hasattr(batched, "dtype")
+report["batched_rows"] = [batched.rows.shape[0], str(batched.rows.dtype), batched.rows[0, 0].item()]
 first = sample(conditioning(5.0), conditioning(0.0, "blurry"), 1.0)
 other = sample(conditioning(0.0, "blurry"), conditioning(0.0, "blurry"), 1.0)
 again = sample(conditioning(5.0), conditioning(0.0, "blurry"), 1.0)

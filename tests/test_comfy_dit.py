@@ -154,6 +154,8 @@ def test_patched_comfyui_flux_matches_the_library_in_comfyui_0_3_75(tmp_path):
     assert report["other_row_reward_row0_max_abs"] == 0.0  # a row's output depends on its own reward only
     assert report["other_row_reward_row1_max_abs"] > 1e-3
     assert "Reward DiT Condition" in report["missing_condition_error"]
+    assert report["batched_rows_not_a_tensor"]  # so ComfyUI does not cast the rows to an fp16/bf16 model's dtype
+    assert report["batched_rows"] == [3, "torch.float32", pytest.approx(4.3, abs=1e-6)]
     assert report["ksampler_finite"]
     assert report["ksampler_other_reward_max_abs"] > 1e-3
     assert report["ksampler_repeat_max_abs"] == 0.0  # nothing carried over between sampler runs
