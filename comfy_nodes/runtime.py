@@ -96,9 +96,9 @@ def load_pipe(model: str, hub_id: str, device: str, dtype: str) -> RewardEditPip
         from reward_edit_pipeline import load_pipeline
 
         logger.info("Reward Edit: loading %s (%s, %s)", source, device, weights_dtype)
-        # the library's loader, on the device the edits run on (its dtype rule is checked for that device); with
-        # device "auto" ComfyUI's model management offloads and reloads it from then on
-        pipeline = load_pipeline(source, device=target_device, dtype=weights_dtype)
+        # the library's loader, on the CPU; its dtype rule is judged for the device the edits run on. With device
+        # "auto" ComfyUI's model management moves it there before each edit and offloads it when memory is needed
+        pipeline = load_pipeline(source, device="cpu", dtype=weights_dtype, execution_device=target_device)
         pipeline.set_progress_bar_config(disable=True)  # ComfyUI's progress bar reports instead
         patcher = None
         if device == "auto":

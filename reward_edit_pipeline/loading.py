@@ -187,18 +187,23 @@ def load_pipeline(
     torch_dtype: str | torch.dtype | None = None,
     revision: str | None = None,
     dtype: str | torch.dtype | None = None,
+    execution_device: str | torch.device | None = None,
 ) -> RewardEditPipeline:
     """Load a `RewardEditPipeline` from a local folder or a Hub repo id and move it to `device`/`dtype`.
 
     `device` and `dtype` (``torch_dtype`` is its older name) follow `reward_edit_pipeline.devices` (``"auto"``: CUDA
-    and float16 when available; float16 on the CPU is refused). The official repo id (`Gstar666/Reward-InsPix2Pix`,
+    and float16 when available; float16 on the CPU is refused, judged on `execution_device` when the caller moves
+    the pipeline there itself after loading). The official repo id (`Gstar666/Reward-InsPix2Pix`,
     the default) is converted once and cached. A path that does not exist raises `FileNotFoundError`; a repo id the
     Hub cannot serve raises `HubUnavailableError`.
     """
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
         raise ValueError(f"give `dtype` or `torch_dtype` (its older name), not both: got {dtype!r} and {torch_dtype!r}")
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, device)
+    # the CPU half-precision rule is about where the model runs: a caller that loads on the CPU and moves the model
+    # later (ComfyUI's model management) names that device as `execution_device`
+    run_on = resolve_device(execution_device, name="execution_device") if execution_device is not None else device
+    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, run_on)
     if os.path.isdir(model):
         pipe = load_local_pipeline(model, **{DTYPE_KWARG: dtype})
     elif os.path.exists(model):

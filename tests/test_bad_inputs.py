@@ -180,6 +180,11 @@ def test_load_pipeline_refuses_half_precision_on_cpu_and_missing_folders(model_f
         load_pipeline(str(model_folder), device="cpu", dtype="float16")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_pipeline(str(tmp_path / "no" / "such" / "model"), device="cpu")
+    # loading on the CPU to run elsewhere (ComfyUI's model management): the rule is judged on the execution device
+    bf16 = load_pipeline(str(model_folder), device="cpu", dtype="bfloat16", execution_device="cpu")
+    assert bf16.unet.dtype == torch.bfloat16 and bf16.device.type == "cpu"
+    with pytest.raises(ValueError, match="float16 is not supported on the CPU"):
+        load_pipeline(str(model_folder), device="cpu", dtype=torch.float16, execution_device="cpu")
 
 
 # ---------------------------------------------------------------------------------------------------- CLI: edit

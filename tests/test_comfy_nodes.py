@@ -443,7 +443,8 @@ def fake_comfy(monkeypatch, tmp_path, pipeline):
     fake.install(monkeypatch, root)
     loads = []
 
-    def load_pipeline(source, device=None, dtype=None):
+    def load_pipeline(source, device=None, dtype=None, execution_device=None):
+        assert device == "cpu" and execution_device == fake.device  # loaded on the CPU, run where ComfyUI says
         loads.append((source, dtype))
         return pipeline
 

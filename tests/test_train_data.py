@@ -174,7 +174,10 @@ def test_a_saved_datasets_folder_is_read_through_dataset_name(tmp_path):
     examples = load_training_examples(args, SkipCounter())
     assert [(e.key, e.instruction) for e in examples] == [(keys[0], "a"), (keys[1], "b")]
     item = TripletDataset(examples, get_dummy_tokenizer(), resolution=16, with_rewards=False)[1]
-    assert item["original_pixel_values"].shape == (3, 16, 16)
+    # the 32x32 JPEG of the second row, resized by PIL to 16x16 (square: no crop) and scaled to [-1, 1]
+    expected = Image.open(rows["original"][1]).convert("RGB").resize((16, 16), Image.Resampling.LANCZOS)
+    expected = torch.from_numpy(np.asarray(expected, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    torch.testing.assert_close(item["original_pixel_values"], expected)
 
 
 def test_failure_text_encoding_matches_the_pipeline_encoding():

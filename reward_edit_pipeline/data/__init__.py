@@ -14,27 +14,39 @@ Layering: `reward_edit_pipeline.records` (the `Triplet` and `RewardRecord` types
 from ..records import RewardRecord, Triplet, image_reference
 from .formats import (
     EXPORT_FORMATS,
+    check_on_incomplete,
     detect_format,
     export_store,
+    is_complete_row,
     iter_export_rows,
     load_reward_records,
     parse_official_json,
     read_failure_text,
     read_official_json,
     record_from_row,
+    report_incomplete,
     store_rows,
 )
 from .official import import_official
-from .triplets import iter_dataset, iter_instruct_pix2pix_folder, iter_manifest, iter_triplets
+from .triplets import (
+    is_saved_dataset_folder,
+    iter_dataset,
+    iter_instruct_pix2pix_folder,
+    iter_manifest,
+    iter_triplets,
+)
 
 __all__ = [
     "EXPORT_FORMATS",
     "RewardRecord",
     "Triplet",
+    "check_on_incomplete",
     "detect_format",
     "export_store",
     "image_reference",
     "import_official",
+    "is_complete_row",
+    "is_saved_dataset_folder",
     "iter_export_rows",
     "iter_dataset",
     "iter_instruct_pix2pix_folder",
@@ -45,5 +57,6 @@ __all__ = [
     "read_failure_text",
     "read_official_json",
     "record_from_row",
+    "report_incomplete",
     "store_rows",
 ]

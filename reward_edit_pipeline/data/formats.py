@@ -27,6 +27,7 @@ from ..judge.store import AnnotationStore, is_annotation_store
 from ..records import RewardRecord
 from ..rewards import NO_FAILURE_PART, PERSPECTIVES
 from .jsonl import iter_jsonl_objects
+from .triplets import is_saved_dataset_folder
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +199,28 @@ def is_complete_row(row: Mapping[str, Any]) -> bool:
     return row.get("status", "done") == "done" and scores is not None and all(score is not None for score in scores)
 
 
+def check_on_incomplete(on_incomplete: str) -> None:
+    if on_incomplete not in ("skip", "error"):
+        raise ValueError(f"`on_incomplete` must be 'skip' or 'error', got {on_incomplete!r}")
+
+
+def report_incomplete(
+    source: str | os.PathLike, item_ids: list[str], on_incomplete: str, consequence: str = "have no reward record"
+) -> None:
+    """The one rule for items without a successful judgment for every perspective: they are left out with a warning
+    naming how many and the first ids (``on_incomplete="skip"``), or they stop the reader (``"error"``)."""
+    check_on_incomplete(on_incomplete)
+    if not item_ids:
+        return
+    message = (
+        f"{source}: {len(item_ids)} item(s) are not judged on all three perspectives and {consequence} (first: "
+        f"{item_ids[:5]}); run `reward-edit annotate` again to retry them or `reward-edit export` to see reasons"
+    )
+    if on_incomplete == "error":
+        raise ValueError(message)
+    logger.warning(message + "; they are skipped")
+
+
 def _records_from_rows(rows: Iterator[dict[str, Any]], source: str) -> tuple[dict[str, RewardRecord], list[str]]:
     records: dict[str, RewardRecord] = {}
     incomplete: list[str] = []
@@ -214,7 +237,7 @@ def detect_format(path: str | os.PathLike) -> str:
     ``"hf-dataset"`` (a folder written by ``Dataset.save_to_disk``). Raises `ValueError` for anything else."""
     path = Path(path)
     if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+        if is_saved_dataset_folder(path):
             return "hf-dataset"
         raise ValueError(f"{path}: a folder must be a saved datasets folder (dataset_info.json)")
     if is_annotation_store(path):
@@ -266,8 +289,7 @@ def load_reward_records(
         on_incomplete (`str`, defaults to ``"skip"``): items with failed or pending perspectives are skipped with a
             warning naming how many (``"skip"``) or raise (``"error"``).
     """
-    if on_incomplete not in ("skip", "error"):
-        raise ValueError(f"`on_incomplete` must be 'skip' or 'error', got {on_incomplete!r}")
+    check_on_incomplete(on_incomplete)
     if isinstance(source, Mapping):
         return parse_official_json(source, "<mapping>")
     path = Path(source)
@@ -278,12 +300,5 @@ def load_reward_records(
         return read_official_json(path)
     rows = iter_export_rows(path, columns=["id", "status", "scores", "failure_texts"])
     records, incomplete = _records_from_rows(rows, str(path))
-    if incomplete:
-        message = (
-            f"{path}: {len(incomplete)} item(s) lack a successful judgment for every perspective (first: "
-            f"{incomplete[:5]}); run `reward-edit annotate` again to retry them or `reward-edit export` to see reasons"
-        )
-        if on_incomplete == "error":
-            raise ValueError(message)
-        logger.warning(message + "; they are skipped")
+    report_incomplete(path, incomplete, on_incomplete)
     return records

@@ -36,6 +36,12 @@ SeedSelection = Literal["first", "all"]
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
+def is_saved_dataset_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder written by ``datasets`` ``save_to_disk`` (a `Dataset` or a `DatasetDict`)."""
+    path = Path(path)
+    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file())
+
+
 def _instruction_from_prompt_json(path: Path) -> str:
     try:
         prompt = json.loads(path.read_text(encoding="utf-8"))
@@ -219,7 +225,7 @@ def iter_triplets(source: Any, seeds: SeedSelection = "first") -> Iterator[Tripl
         raise FileNotFoundError(f"input not found: {path}")
     if path.is_file():
         return iter_manifest(path)
-    if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+    if is_saved_dataset_folder(path):
         import datasets
 
         return iter_dataset(datasets.load_from_disk(str(path)))
