@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .nodes_dit import DIT_DISPLAY_NAMES, V1_DIT_NODES, v3_dit_nodes
 from .texts import DISPLAY_NAMES
 from .v1 import V1_NODES
 
@@ -36,6 +37,20 @@ _NODE_CLASSES, NODE_API, _entrypoint = _select_node_classes()
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {cls.__name__: cls for cls in _NODE_CLASSES}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = dict(DISPLAY_NAMES)
+
+
+def _dit_node_classes() -> tuple[type, ...]:
+    """The DiT reward nodes (`comfy_nodes.nodes_dit`) in the API the rest of the pack uses."""
+    if NODE_API == "v3":
+        try:
+            return v3_dit_nodes()
+        except Exception as error:  # same rule as above: V1 still loads everywhere
+            logger.warning("reward_edit: V3 DiT nodes unusable (%s: %s); using V1", type(error).__name__, error)
+    return V1_DIT_NODES
+
+
+NODE_CLASS_MAPPINGS.update({cls.__name__: cls for cls in _dit_node_classes()})
+NODE_DISPLAY_NAME_MAPPINGS.update(DIT_DISPLAY_NAMES)
 
 logger.info("reward_edit: registered %d nodes (%s API)", len(NODE_CLASS_MAPPINGS), NODE_API)
 

@@ -43,6 +43,7 @@ from reward_edit_pipeline.judge import FunctionJudge
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_IDS = ["RewardEditLoader", "RewardCondition", "RewardEdit", "RewardJudge"]
+DIT_NODE_IDS = ["RewardDiTCondition", "RewardDiTAdapterLoader"]  # comfy_nodes/nodes_dit.py (tests/test_comfy_dit.py)
 
 
 def comfy_image(batch: int = 1, height: int = 16, width: int = 24, seed: int = 0) -> torch.Tensor:
@@ -64,11 +65,13 @@ def v1_inputs(node: type) -> dict[str, tuple]:
 
 
 def test_mappings_register_exactly_the_four_nodes_with_display_names():
-    assert list(NODE_CLASS_MAPPINGS) == NODE_IDS
-    assert list(NODE_DISPLAY_NAME_MAPPINGS) == NODE_IDS
+    from reward_edit_pipeline.comfy_nodes.nodes_dit import V1_DIT_NODES
+
+    assert list(NODE_CLASS_MAPPINGS) == NODE_IDS + DIT_NODE_IDS
+    assert list(NODE_DISPLAY_NAME_MAPPINGS) == NODE_IDS + DIT_NODE_IDS
     assert NODE_DISPLAY_NAME_MAPPINGS["RewardEdit"] == "Reward Edit"
     assert NODE_API == "v1"  # no comfy_api outside ComfyUI
-    assert tuple(NODE_CLASS_MAPPINGS.values()) == V1_NODES
+    assert tuple(NODE_CLASS_MAPPINGS.values()) == V1_NODES + V1_DIT_NODES
 
 
 def test_v1_classes_carry_category_description_tooltips_and_a_callable_function(monkeypatch, tmp_path):
@@ -538,7 +541,7 @@ def test_a_plain_clone_maps_the_library_without_putting_its_root_on_sys_path():
     completed = _run_isolated(
         f"""
         pack = load_like_comfyui('reward-edit-pipeline', {str(REPO_ROOT)!r})
-        assert list(pack.NODE_CLASS_MAPPINGS) == {NODE_IDS!r}, pack.NODE_CLASS_MAPPINGS
+        assert list(pack.NODE_CLASS_MAPPINGS) == {NODE_IDS + DIT_NODE_IDS!r}, pack.NODE_CLASS_MAPPINGS
         import reward_edit_pipeline, reward_edit_pipeline.comfy_nodes as nodes_module
         assert reward_edit_pipeline.__file__ == {str(REPO_ROOT / "reward_edit_pipeline" / "__init__.py")!r}
         assert nodes_module.__file__ == {str(REPO_ROOT / "comfy_nodes" / "__init__.py")!r}
