@@ -53,6 +53,15 @@ class PushResult:
     staged_folder: Path | None = None  # the folder that was (or, with dry_run, would be) uploaded
 
 
+def hub_error_exit_code(error: BaseException) -> int:
+    """The CLI exit code of a failed Hub request: 2 when the request itself is wrong (4xx: a rejected token, no access,
+    no such repo or revision), 1 when the Hub or the network failed (5xx, connection errors)."""
+    from reward_edit_pipeline.cli import ExitCode
+
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    return ExitCode.USAGE if isinstance(status, int) and 400 <= status < 500 else ExitCode.FAILURE
+
+
 def resolve_token(token: str | None = None) -> str:
     """Return `token`, else ``HF_TOKEN``, else the huggingface_hub login; raise `HubTokenError` when none exists."""
     if token is not None:

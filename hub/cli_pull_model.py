@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import ExitCode
 from .pull import OFFICIAL_MODEL_REPO, OFFICIAL_STAGE2_SUBFOLDER
 
 
@@ -43,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
+    from ..downloads import HubUnavailableError
+    from ._common import hub_error_exit_code
     from .pull import download_model, pull_model, pull_official_model
 
     try:
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 f"converted the official release to a {type(pipe).__name__}"
                 + (f", saved to {args.save_to}" if args.save_to else "")
             )
-            return 0
+            return ExitCode.OK
         if args.repo_id is None:
             raise ValueError("`REPO_ID` is required (or pass --official)")
         if args.no_load:
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 local_dir=args.local_dir,
             )
             print(folder)
-            return 0
+            return ExitCode.OK
         pipe = pull_model(
             args.repo_id,
             revision=args.revision,
@@ -85,7 +88,13 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"loaded {args.repo_id} as a {type(pipe).__name__}" + (f", saved to {args.save_to}" if args.save_to else "")
         )
-        return 0
-    except (FileNotFoundError, ValueError, PermissionError, HfHubHTTPError) as err:
+        return ExitCode.OK
+    except (FileNotFoundError, ValueError, PermissionError) as err:
         print(f"pull-model: error: {err}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
+    except HfHubHTTPError as err:  # 2 when the Hub refused the request (4xx), 1 when it failed
+        print(f"pull-model: error: {err}", file=sys.stderr)
+        return hub_error_exit_code(err)
+    except HubUnavailableError as err:  # the Hub cannot be reached and nothing is cached
+        print(f"pull-model: error: {err}", file=sys.stderr)
+        return ExitCode.FAILURE

@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 
+from ..cli import ExitCode
 from .push_dataset import DEFAULT_DATASET_LICENSE, DEFAULT_MAX_SHARD_BYTES
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from ._common import HubTokenError
+    from ._common import HubTokenError, hub_error_exit_code
     from .push_dataset import push_dataset
 
     try:
@@ -88,9 +89,12 @@ def run(args: argparse.Namespace) -> int:
             dry_run_dir=args.dry_run,
             overwrite=args.overwrite,
         )
-    except (HubTokenError, FileNotFoundError, FileExistsError, ValueError, HfHubHTTPError) as err:
+    except (HubTokenError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"push-dataset: error: {err}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
+    except HfHubHTTPError as err:  # 2 when the Hub refused the request (4xx), 1 when it or the network failed
+        print(f"push-dataset: error: {err}", file=sys.stderr)
+        return hub_error_exit_code(err)
     if result.staged_folder is not None:
         print(f"dry run: the upload folder is {result.staged_folder}")
     elif result.created_commit:
@@ -99,4 +103,4 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"datasets/{result.repo_id}@{result.revision} already has this content; no new commit ({result.commit_oid})"
         )
-    return 0
+    return ExitCode.OK

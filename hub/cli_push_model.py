@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import ExitCode
 from .model_card import DEFAULT_BASE_MODEL, DEFAULT_DATASETS, DEFAULT_LICENSE
 
 
@@ -52,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from ._common import HubTokenError, PickleFileError
+    from ._common import HubTokenError, PickleFileError, hub_error_exit_code
     from .push_model import push_model
 
     try:
@@ -72,13 +73,16 @@ def run(args: argparse.Namespace) -> int:
             training_args=args.training_args,
             eval_results=args.eval_results,
         )
-    except (HubTokenError, PickleFileError, FileNotFoundError, FileExistsError, ValueError, HfHubHTTPError) as err:
+    except (HubTokenError, PickleFileError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"push-model: error: {err}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
+    except HfHubHTTPError as err:  # 2 when the Hub refused the request (4xx), 1 when it or the network failed
+        print(f"push-model: error: {err}", file=sys.stderr)
+        return hub_error_exit_code(err)
     if result.staged_folder is not None:
         print(f"dry run: the upload folder is {result.staged_folder}")
     elif result.created_commit:
         print(f"pushed {args.folder} to {result.repo_id}@{result.revision}: {result.commit_url}")
     else:
         print(f"{result.repo_id}@{result.revision} already has this content; no new commit ({result.commit_oid})")
-    return 0
+    return ExitCode.OK

@@ -96,7 +96,7 @@ def usage_snippet(repo_id: str, revision: str | None = None) -> str:
             "",
             'device = "cuda" if torch.cuda.is_available() else "cpu"',
             'dtype = torch.float16 if device == "cuda" else torch.float32',
-            f'pipe = RewardEditPipeline.from_pretrained("{repo_id}"{revision_arg}, torch_dtype=dtype).to(device)',
+            f'pipe = RewardEditPipeline.from_pretrained("{repo_id}"{revision_arg}, dtype=dtype).to(device)',
             'image = load_image("input.jpg")  # your photo (a path or an URL)',
             "edited = pipe(",
             '    "make it a watercolor painting",',

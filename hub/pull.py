@@ -6,16 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..pipelines.pipeline_reward_edit import PIPELINE_ALLOW_PATTERNS as CORE_PIPELINE_ALLOW_PATTERNS
+from ..downloads import OFFICIAL_REPO_ID as OFFICIAL_MODEL_REPO
+from ..downloads import OFFICIAL_STAGE2_FOLDER as OFFICIAL_STAGE2_SUBFOLDER
 
-OFFICIAL_MODEL_REPO = "Gstar666/Reward-InsPix2Pix"
-OFFICIAL_STAGE2_SUBFOLDER = "stage2_reward_instruct_pix2pix"
 OFFICIAL_DATASET_REPO = "Gstar666/RewardEdit"
 OFFICIAL_ANNOTATION_FILENAME = "RewardEdit_20K.json"
 
-# What a pipeline needs (the core loader's patterns: configs, safetensors weights, tokenizer files; no pickles and no
-# Python files — the repo's loader shims only serve `DiffusionPipeline` with trust_remote_code), plus the card.
-PIPELINE_ALLOW_PATTERNS: tuple[str, ...] = (*CORE_PIPELINE_ALLOW_PATTERNS, "README.md")
+# Added to the library's pipeline patterns only with `allow_pickle=True` (trusted repos that ship no safetensors).
 PICKLE_WEIGHT_PATTERNS: tuple[str, ...] = ("*/*.bin", "*/*.bin.index.json")
 
 GATED_DATASET_HELP = (
@@ -37,17 +34,19 @@ def download_model(
 ) -> Path:
     """Download the pipeline files of `repo_id` (optionally only `subfolder`) and return the local pipeline folder.
 
-    `allow_patterns` defaults to what a pipeline needs in safetensors form; `allow_pickle=True` adds ``*.bin`` weights
-    (only for trusted repos). `revision` is a branch, tag or commit hash.
+    `allow_patterns` defaults to the library's `PIPELINE_ALLOW_PATTERNS` (configs, safetensors weights, tokenizer
+    files: what every loader of the package downloads); `allow_pickle=True` adds ``*.bin`` weights (only for trusted
+    repos). `revision` is a branch, tag or commit hash.
     """
-    from ..downloads import download_pipeline_files
+    from ..downloads import PIPELINE_ALLOW_PATTERNS, download_pipeline_files
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
         raise ValueError(f"`repo_id` must look like 'namespace/name', got {repo_id!r}")
     patterns = list(allow_patterns) if allow_patterns is not None else list(PIPELINE_ALLOW_PATTERNS)
     if allow_pickle and allow_patterns is None:
         patterns += PICKLE_WEIGHT_PATTERNS
-    folder = download_pipeline_files(  # the package's one Hub download rule
+    subfolder = subfolder.strip("/") if subfolder else None
+    folder = download_pipeline_files(
         repo_id,
         subfolder=subfolder,
         allow_patterns=patterns,
@@ -76,9 +75,13 @@ def pull_model(
     cache_dir: str | Path | None = None,
     token: str | None = None,
     device: Any = None,
+    dtype: Any = None,
     torch_dtype: Any = None,
 ):
-    """Download `repo_id` and load it as a `RewardEditPipeline` (ours, a stock InstructPix2Pix or an official folder)."""
+    """Download `repo_id` and load it as a `RewardEditPipeline` (ours, a stock InstructPix2Pix or an official folder).
+
+    `device` and `dtype` (``torch_dtype`` is its older name, as in diffusers) are those of `load_pipeline`.
+    """
     from reward_edit_pipeline import load_pipeline
 
     folder = download_model(
@@ -90,7 +93,7 @@ def pull_model(
         cache_dir=cache_dir,
         token=token,
     )
-    return load_pipeline(str(folder), device=device, torch_dtype=torch_dtype)
+    return load_pipeline(str(folder), device=device, dtype=dtype, torch_dtype=torch_dtype)
 
 
 def pull_official_model(

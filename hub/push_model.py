@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..pipelines.pipeline_reward_edit import LOADER_MODULE_STEM, PUBLIC_LIBRARY
 from ._common import (
     DEFAULT_IGNORE_PATTERNS,
     PushResult,
@@ -32,11 +31,18 @@ from .model_card import (
     read_json_file,
 )
 
-# `RewardEditPipeline.save_pretrained` writes the loader shims that `DiffusionPipeline.from_pretrained(repo,
-# trust_remote_code=True)` needs: the top-level ``pipeline_reward_edit.py`` and ``<component>/reward_edit_pipeline.py``
-# for each component whose class comes from this package. The names are pinned there; we only check they are present.
-SHIM_FILENAME = f"{LOADER_MODULE_STEM}.py"
-PACKAGE_NAME = PUBLIC_LIBRARY
+
+def _loader_names() -> tuple[str, str]:
+    """``(loader module stem, library name)`` pinned by the pipeline module.
+
+    `RewardEditPipeline.save_pretrained` writes the loader shims that `DiffusionPipeline.from_pretrained(repo,
+    trust_remote_code=True)` needs: the top-level ``pipeline_reward_edit.py`` and ``<component>/reward_edit_pipeline.py``
+    for each component whose class comes from this package; here we only check they are present. Imported when a
+    folder is staged, so that importing this module (and ``reward-edit push-model --help``) does not load torch.
+    """
+    from ..pipelines.pipeline_reward_edit import LOADER_MODULE_STEM, PUBLIC_LIBRARY
+
+    return LOADER_MODULE_STEM, PUBLIC_LIBRARY
 
 
 def _read_model_index(folder: Path) -> dict[str, Any]:
@@ -51,20 +57,22 @@ def _read_model_index(folder: Path) -> dict[str, Any]:
 
 def package_components(model_index: Mapping[str, Any]) -> dict[str, str]:
     """``{component: class name}`` of the components whose class comes from this package (e.g. the UNet)."""
+    _, library = _loader_names()
     return {
         name: value[1]
         for name, value in model_index.items()
-        if isinstance(value, list) and len(value) == 2 and value[0] == PACKAGE_NAME and isinstance(value[1], str)
+        if isinstance(value, list) and len(value) == 2 and value[0] == library and isinstance(value[1], str)
     }
 
 
 def _check_reward_pipeline(folder: Path, model_index: Mapping[str, Any]) -> None:
+    loader_module_stem, _ = _loader_names()
     class_name = model_index.get("_class_name")
     if isinstance(class_name, (list, tuple)):
         class_name = class_name[-1]
     if class_name != "RewardEditPipeline" or (
         isinstance(model_index.get("_class_name"), (list, tuple))
-        and model_index["_class_name"][0] != LOADER_MODULE_STEM
+        and model_index["_class_name"][0] != loader_module_stem
     ):
         raise ValueError(
             f"`folder` {folder} holds a {class_name!r} pipeline, not a RewardEditPipeline; convert it first "
@@ -84,6 +92,29 @@ def _no_failure_text(folder: Path) -> str:
     from reward_edit_pipeline.rewards import DEFAULT_NO_FAILURE_TEXT
 
     return DEFAULT_NO_FAILURE_TEXT
+
+
+def _resolve_training_args(
+    folder: Path, training_args: str | Path | Mapping[str, Any] | None
+) -> Mapping[str, Any] | None:
+    """The training arguments for the card: the given mapping or JSON file; else the folder's ``training_args.json``
+    (or another name of `TRAINING_ARGS_FILENAMES`); else the path-free entries of its ``train_summary.json``; else
+    `None` (a folder with neither file gets a card without a training section)."""
+    if isinstance(training_args, Mapping):
+        return training_args
+    if training_args is not None:
+        if not isinstance(training_args, (str, Path)):
+            raise TypeError(
+                f"`training_args` must be a mapping or the path of a JSON file, got {type(training_args).__name__}"
+            )
+        return read_json_file(Path(training_args), "training_args")
+    found = find_first(folder, TRAINING_ARGS_FILENAMES)
+    if found is not None:
+        return read_json_file(found, "training_args")
+    if (folder / TRAIN_SUMMARY_FILENAME).is_file():
+        summary = read_json_file(folder / TRAIN_SUMMARY_FILENAME, "train summary")
+        return {key: summary[key] for key in TRAIN_SUMMARY_KEYS if summary.get(key) is not None} or None
+    return None
 
 
 def stage_model_folder(
@@ -111,19 +142,37 @@ def stage_model_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"`folder` {folder} does not exist or is not a directory")
+    from .dit_card import dit_folder_kind, stage_dit_folder  # DiT editors (FLUX.1 Kontext): see docs/dit.md
+
+    if dit_folder_kind(folder) is not None:
+        return stage_dit_folder(
+            folder,
+            repo_id,
+            staging_dir,
+            base_model=base_model,
+            datasets=datasets,
+            license=license,
+            tags=tags,
+            training_args=_resolve_training_args(folder, training_args),
+            eval_results=eval_results,
+            ignore_patterns=ignore_patterns,
+            overwrite=overwrite,
+        )
     _check_reward_pipeline(folder, _read_model_index(folder))
+    loader_module_stem, library = _loader_names()
+    shim_filename = f"{loader_module_stem}.py"
     files = list_upload_files(folder, ignore_patterns)
     files = [rel for rel in files if rel != "README.md"]
     refuse_pickle_files(folder, files)
-    if SHIM_FILENAME not in files:
+    if shim_filename not in files:
         raise FileNotFoundError(
-            f"`folder` {folder} lacks the loader module {SHIM_FILENAME} that `RewardEditPipeline.save_pretrained` "
+            f"`folder` {folder} lacks the loader module {shim_filename} that `RewardEditPipeline.save_pretrained` "
             "writes (needed by `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`); re-save the pipeline"
         )
     missing_shims = [
-        f"{component}/{PACKAGE_NAME}.py"
+        f"{component}/{library}.py"
         for component in package_components(_read_model_index(folder))
-        if f"{component}/{PACKAGE_NAME}.py" not in files
+        if f"{component}/{library}.py" not in files
     ]
     if missing_shims:
         raise FileNotFoundError(
@@ -133,14 +182,7 @@ def stage_model_folder(
     if not any(rel.endswith(".safetensors") for rel in files):
         raise ValueError(f"`folder` {folder} contains no .safetensors weights")
 
-    if training_args is None:
-        found = find_first(folder, TRAINING_ARGS_FILENAMES)
-        training_args = read_json_file(found, "training_args") if found else None
-    if training_args is None and (folder / TRAIN_SUMMARY_FILENAME).is_file():
-        summary = read_json_file(folder / TRAIN_SUMMARY_FILENAME, "train summary")
-        training_args = {key: summary[key] for key in TRAIN_SUMMARY_KEYS if summary.get(key) is not None} or None
-    elif not isinstance(training_args, Mapping):
-        training_args = read_json_file(Path(training_args), "training_args")
+    training_args = _resolve_training_args(folder, training_args)
     if eval_results is None:
         found = find_first(folder, EVAL_RESULTS_FILENAMES)
         eval_results = read_json_file(found, "eval_results") if found else None
@@ -157,7 +199,7 @@ def stage_model_folder(
         eval_results=eval_results,
         no_failure_text=_no_failure_text(folder),
         revision=revision,
-        shim_filename=SHIM_FILENAME,
+        shim_filename=shim_filename,
     )
     staged = prepare_staging_folder(Path(staging_dir), overwrite=overwrite)
     copy_files(folder, files, staged)

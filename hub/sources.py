@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from reward_edit_pipeline.rewards import PERSPECTIVES
 
-from .push_dataset import COLUMNS, FAILURE_COLUMNS, SCORE_COLUMNS, RewardRow
+from .dataset_layout import COLUMNS, FAILURE_COLUMNS, SCORE_COLUMNS, RewardRow
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+#: the official release of the paper's model: the Hub repo, and the folder of its stage-2 pipeline inside it
+OFFICIAL_REPO_ID = "Gstar666/Reward-InsPix2Pix"
+OFFICIAL_STAGE2_FOLDER = "stage2_reward_instruct_pix2pix"
 #: what a pipeline needs from a Hub repo: configs, safetensors weights and tokenizer files (no pickles, no code)
 PIPELINE_ALLOW_PATTERNS: tuple[str, ...] = (
     "model_index.json",

@@ -15,16 +15,31 @@ from typing import Any
 import torch
 
 from .devices import resolve_device, resolve_dtype
-from .downloads import HubUnavailableError, download_pipeline_files, looks_like_repo_id
+from .downloads import (
+    OFFICIAL_REPO_ID,
+    OFFICIAL_STAGE2_FOLDER,
+    HubUnavailableError,
+    download_pipeline_files,
+    looks_like_repo_id,
+)
 from .pipelines.pipeline_reward_edit import DTYPE_KWARG, RewardEditPipeline
 
 logger = logging.getLogger(__name__)
 
-OFFICIAL_REPO_ID = "Gstar666/Reward-InsPix2Pix"
-OFFICIAL_STAGE2_FOLDER = "stage2_reward_instruct_pix2pix"
 DEFAULT_MODEL = OFFICIAL_REPO_ID
 #: key prefixes that only the official release's UNet carries (its reward modules)
 OFFICIAL_REWARD_KEY_PREFIXES: tuple[str, ...] = ("text_linear.", "proj_deal.")
+#: DiT editors (docs/dit.md): saved reward pipeline class → defining module; stock pipeline class → reward class
+DIT_REWARD_PIPELINES: dict[str, str] = {
+    "RewardFluxKontextPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_flux_kontext",
+    "RewardQwenImageEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
+    "RewardQwenImageEditPlusPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
+}
+DIT_STOCK_PIPELINES: dict[str, tuple[str, str]] = {
+    "FluxKontextPipeline": ("RewardFluxKontextPipeline", "from_flux_kontext"),
+    "QwenImageEditPipeline": ("RewardQwenImageEditPipeline", "from_qwen_image_edit"),
+    "QwenImageEditPlusPipeline": ("RewardQwenImageEditPlusPipeline", "from_qwen_image_edit"),
+}
 
 __all__ = [
     "HubUnavailableError",
@@ -46,7 +61,9 @@ def converted_cache_dir() -> Path:
 
 def detect_layout(folder: str | os.PathLike) -> str:
     """Classify a local folder: `"reward"` (saved RewardEditPipeline), `"official"` (official stage-2 folder),
-    `"official-root"` (the release root holding `stage2_reward_instruct_pix2pix/`), `"instruct-pix2pix"`.
+    `"official-root"` (the release root holding `stage2_reward_instruct_pix2pix/`), `"instruct-pix2pix"`,
+    `"reward-dit"` (a saved DiT reward pipeline, e.g. `RewardFluxKontextPipeline`) or `"stock-dit"` (a stock DiT
+    editor such as `FluxKontextPipeline`, see `DIT_STOCK_PIPELINES`).
 
     The one release-layout rule: the pipeline loaders and the trainer (`--pretrained_model_name_or_path`) call it.
     """
@@ -61,6 +78,13 @@ def detect_layout(folder: str | os.PathLike) -> str:
             f"`model` folder {str(folder)!r} has no model_index.json: not a diffusers pipeline folder"
         )
     model_index = json.loads(index_path.read_text(encoding="utf-8"))
+    pipeline_class = model_index.get("_class_name")
+    if isinstance(pipeline_class, list) and pipeline_class:  # saved reward pipelines: [loader module, class]
+        pipeline_class = pipeline_class[-1]
+    if pipeline_class in DIT_REWARD_PIPELINES:
+        return "reward-dit"
+    if pipeline_class in DIT_STOCK_PIPELINES:
+        return "stock-dit"
     unet_entry = model_index.get("unet") or [None, None]
     if unet_entry[1] == "RewardUNet2DConditionModel":
         return "reward"
@@ -89,6 +113,8 @@ def has_official_reward_keys(unet_folder: str | os.PathLike) -> bool:
 def load_local_pipeline(folder: str | os.PathLike, **kwargs: Any) -> RewardEditPipeline:
     """Load a local folder of any supported layout (see `detect_layout`)."""
     layout = detect_layout(folder)
+    if layout in ("reward-dit", "stock-dit"):
+        return _load_dit_pipeline(folder, layout, **kwargs)
     if layout == "reward":
         return RewardEditPipeline.from_pretrained(folder, **kwargs)
     if layout == "official-root":
@@ -101,6 +127,25 @@ def load_local_pipeline(folder: str | os.PathLike, **kwargs: Any) -> RewardEditP
         folder,
     )
     return RewardEditPipeline.from_instruct_pix2pix(folder, **kwargs)
+
+
+def _load_dit_pipeline(folder: str | os.PathLike, layout: str, **kwargs: Any) -> Any:
+    import importlib
+
+    pipeline_class = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
+    pipeline_class = pipeline_class[-1] if isinstance(pipeline_class, list) else pipeline_class
+    if layout == "reward-dit":
+        module = importlib.import_module(DIT_REWARD_PIPELINES[pipeline_class])
+        return getattr(module, pipeline_class).from_pretrained(folder, **kwargs)
+    reward_class, wrap_method = DIT_STOCK_PIPELINES[pipeline_class]
+    logger.warning(
+        "%s is a stock %s: wrapped with zero-initialised reward modules, so the reward conditions have no effect "
+        "until the model is trained (reward-edit train --backbone ...)",
+        folder,
+        pipeline_class,
+    )
+    module = importlib.import_module(DIT_REWARD_PIPELINES[reward_class])
+    return getattr(getattr(module, reward_class), wrap_method)(folder, **kwargs)
 
 
 def convert_official(

@@ -1,4 +1,4 @@
-"""Regenerate the official-parity UNet weights (counter-based generator described in spec/parity/README.md)."""
+"""Regenerate the official-parity UNet weights (the counter-based generator described in docs/parity.md)."""
 
 from __future__ import annotations
 

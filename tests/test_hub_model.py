@@ -173,6 +173,33 @@ def test_card_falls_back_to_the_path_free_train_summary(saved_pipeline, tmp_path
     assert "secret-run" not in card
 
 
+def test_push_model_cli_on_a_folder_without_training_files_writes_a_card_without_training(
+    saved_pipeline, tmp_path, capsys
+):
+    import shutil
+
+    from reward_edit_pipeline.cli import main
+
+    folder, _ = saved_pipeline
+    copy = tmp_path / "plain"
+    shutil.copytree(folder, copy)
+    (copy / "training_args.json").unlink()
+    assert not (copy / "train_summary.json").exists()
+    staged = tmp_path / "staged"
+    assert main(["push-model", str(copy), REPO, "--dry-run", str(staged)]) == 0
+    assert f"dry run: the upload folder is {staged}" in capsys.readouterr().out
+    card = (staged / "README.md").read_text()
+    assert "## Training" not in card and "## Usage" in card
+
+
+def test_model_card_loads_with_dtype_not_the_deprecated_torch_dtype(saved_pipeline, tmp_path):
+    folder, _ = saved_pipeline
+    card = (
+        push_model(folder, REPO, dry_run=True, dry_run_dir=tmp_path / "staged").staged_folder / "README.md"
+    ).read_text()
+    assert "dtype=dtype" in card and "torch_dtype" not in card
+
+
 def test_dry_run_folder_is_exactly_what_a_push_uploads(hub, saved_pipeline, tmp_path):
     folder, _ = saved_pipeline
     staged = push_model(folder, REPO, dry_run=True, dry_run_dir=tmp_path / "staged").staged_folder

@@ -774,6 +774,11 @@ def configure_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
+    if args.backbone != "sd15":  # DiT editors: LoRA + reward modules (train/dit.py)
+        from .dit import train_dit
+
+        train_dit(args)
+        return 0
     train(args)
     return 0
 

@@ -250,7 +250,9 @@ def default_pipeline_loader(setting: EditSetting, config: GenerationConfig):
     from .. import load_pipeline
 
     pipe = load_pipeline(setting.model, device=config.device, dtype=config.torch_dtype)  # devices.py rules
-    if config.scheduler == "euler-ancestral":
+    from ..pipelines.pipeline_reward_edit import RewardEditPipeline
+
+    if config.scheduler == "euler-ancestral" and isinstance(pipe, RewardEditPipeline):  # DiT editors keep theirs
         from diffusers import EulerAncestralDiscreteScheduler
 
         pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
@@ -266,9 +268,12 @@ def edit_one(pipe, record: EditRecord, config: GenerationConfig) -> Image.Image:
     with Image.open(record.original_path) as original:
         original_image = original.convert("RGB")
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    output = pipe(
+    from ..pipelines.reward_dit_common import run_edit
+
+    output = run_edit(  # one call for the SD and the DiT reward pipelines
+        pipe,
         record.item.instruction,
-        image=original_image,
+        original_image,
         num_inference_steps=config.steps,
         guidance_scale=config.guidance_scale,
         image_guidance_scale=config.image_guidance_scale,
@@ -276,7 +281,6 @@ def edit_one(pipe, record: EditRecord, config: GenerationConfig) -> Image.Image:
         failure_text=record.setting.failure_text,
         reward_guidance_scale=config.reward_guidance_scale,
         generator=generator,
-        output_type="pil",
     )
     edited = output.images[0]
     if edited.size != original_image.size:

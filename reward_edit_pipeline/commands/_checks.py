@@ -6,7 +6,6 @@ or wrong file, bad value), 1 a runtime failure (network, a judge that failed, an
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -63,8 +62,8 @@ def check_output_file(path: str | os.PathLike, name: str = "-o/--output") -> Pat
 
 def require_modules(modules: tuple[str, ...], extra: str, what: str) -> None:
     """Raise `BadInputError` naming the pip extra when one of `modules` is not installed."""
-    missing = [module for module in modules if importlib.util.find_spec(module) is None]
+    from ..extras import missing_extra_message, missing_modules
+
+    missing = missing_modules(modules)
     if missing:
-        raise BadInputError(
-            f"{what} needs {', '.join(missing)}, which is not installed: pip install 'reward-edit-pipeline[{extra}]'"
-        )
+        raise BadInputError(missing_extra_message(missing, extra, what))

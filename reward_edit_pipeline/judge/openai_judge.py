@@ -162,7 +162,10 @@ class OpenAIJudge(Judge):
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
         self.extra_body = dict(extra_body or {})
-        import openai  # noqa: F401 - loaded with the judge (not with the package), not inside the first request
+        from ..extras import require
+
+        # loaded with the judge (not with the package), not inside the first request; a clear error without it
+        require("openai", extra="judge", feature="the OpenAI-compatible judge (OpenAIJudge)")
 
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._sync_client: Any = None

@@ -257,6 +257,18 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
         return pipe
 
+    @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path: str | os.PathLike, **kwargs: Any) -> RewardEditPipeline:
+        """Not supported: a single checkpoint file (``.ckpt``/``.safetensors`` in the original Stable Diffusion layout)
+        has no reward modules and no reward configuration. Raises `NotImplementedError` naming what to use instead."""
+        raise NotImplementedError(
+            f"RewardEditPipeline cannot be loaded from a single checkpoint file ({pretrained_model_link_or_path!r}):"
+            " a reward-conditioned model is a diffusers folder. Use RewardEditPipeline.from_pretrained(folder or repo id)"
+            " for a saved RewardEditPipeline, RewardEditPipeline.from_official(folder) for the official release folder,"
+            " or RewardEditPipeline.from_instruct_pix2pix(folder or repo id) to wrap an InstructPix2Pix checkpoint"
+            " (reward_edit_pipeline.load_pipeline detects which of these a folder is)."
+        )
+
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any):
         """Save as safetensors, loadable by `RewardEditPipeline.from_pretrained(folder)` and by
         `diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` (through a one-line loader
