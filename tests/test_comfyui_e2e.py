@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +21,18 @@ import pytest
 from comfyui_harness import BUILDS, PACK_LINK_NAME, REPO_ROOT, ComfyServer, prepare_comfyui, remove_tree
 from openai_server import OpenAIServer
 from PIL import Image
-from reward_edit_pipeline.comfy_nodes.specs import NODE_SPECS
+from reward_edit_pipeline.comfy_nodes.texts import DISPLAY_NAMES
+from reward_edit_pipeline.comfy_nodes.v1 import V1_NODES
 
-pytestmark = [pytest.mark.comfyui, pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow, pytest.mark.timeout(900)]
 
 EXAMPLES = REPO_ROOT / "example_workflows"
 EDIT_API = EXAMPLES / "api" / "reward_edit.json"
 JUDGE_API = EXAMPLES / "api" / "reward_edit_judge.json"
 FAKE_API_KEY = "sk-test-comfyui-e2e-0123456789"
 INPUT_SIZE = (64, 48)  # width, height: not square, multiples of 8
+PHOTO_NAME = "photo_451x300.jpg"
+PHOTO_SIZE = (451, 300)  # width, height as displayed: odd, not multiples of 8; stored rotated, with EXIF orientation
 
 
 # The examples use the paper's 30 steps; the tests run 8 (tiny model, 2 shared CPU cores in CI). Same value in both
@@ -61,6 +66,20 @@ def _write_inputs(comfy_dir: Path) -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     Image.fromarray(pixels, mode="RGB").save(comfy_dir / "input" / workflow[image_id]["inputs"]["image"])
+    _write_photo(comfy_dir / "input" / PHOTO_NAME)
+
+
+def _write_photo(path: Path) -> None:
+    """A JPEG "photo" of `PHOTO_SIZE` as displayed: stored as 300x451 pixels with EXIF orientation 6 (rotate 90°
+    clockwise), as cameras write portrait shots, so every reader must apply the orientation to get 451x300."""
+    width, height = PHOTO_SIZE
+    y, x = np.mgrid[0:width, 0:height].astype(np.float32)  # stored (rotated) layout: rows = displayed width
+    rng = np.random.default_rng(1)
+    stored = np.stack([x / height, y / width, 0.5 + 0.5 * np.sin((x + y) / 17.0)], axis=-1) * 200.0
+    stored = (stored + rng.normal(0, 12, stored.shape)).clip(0, 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° CW to display
+    Image.fromarray(stored, mode="RGB").save(path, quality=92, exif=exif.tobytes())
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +107,11 @@ def comfy(request, tmp_path_factory, openai_server):
         remove_tree(workdir)
 
 
-def test_pack_imports_and_lists_the_four_nodes_with_spec_inputs(comfy):
+def test_pack_imports_and_lists_the_four_nodes_with_their_declared_inputs(comfy, monkeypatch):
     build, server = comfy
+    folder_paths = types.ModuleType("folder_paths")  # the loader's model list reads ComfyUI's models folder
+    folder_paths.get_folder_paths = lambda name: [str(server.comfy_dir / "models" / name)]
+    monkeypatch.setitem(sys.modules, "folder_paths", folder_paths)
     object_info = server.get("/object_info")
     log = server.log_text()
     failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and PACK_LINK_NAME in line]
@@ -97,16 +119,17 @@ def test_pack_imports_and_lists_the_four_nodes_with_spec_inputs(comfy):
     assert re.search(rf"seconds: \S*{re.escape(PACK_LINK_NAME)}", log), log[-3000:]
     expected_api = "v3" if build.has_v3 else "v1"
     assert f"reward_edit: registered 4 nodes ({expected_api} API)" in log
-    for spec in NODE_SPECS:
-        info = object_info[spec.node_id]
+    for node in V1_NODES:  # both builds show the V1 declaration: V1 itself (2024-03) or the V3 classes (0.3.75)
+        info = object_info[node.__name__]
         assert info["category"] == "reward_edit"
-        assert info["display_name"] == spec.display_name
-        assert info["description"] == spec.description
+        assert info["display_name"] == DISPLAY_NAMES[node.__name__]
+        assert info["description"] == node.DESCRIPTION
         inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
-        assert list(inputs) == [i.name for i in spec.inputs]  # widget order is part of saved workflows
+        declared = node.INPUT_TYPES()
+        assert list(inputs) == [*declared["required"], *declared.get("optional", {})]  # widget order
         assert all(options[1].get("tooltip") for options in inputs.values())
-        assert list(info["output"]) == [o.io_type for o in spec.outputs]
-        assert list(info["output_name"]) == [o.name for o in spec.outputs]
+        assert list(info["output"]) == list(node.RETURN_TYPES)
+        assert list(info["output_name"]) == list(node.RETURN_NAMES)
     if build.has_v3:  # ComfyUI >= 0.3.x lists a pack's example_workflows/ as templates
         templates = server.get("/workflow_templates")
         assert sorted(templates[PACK_LINK_NAME]) == ["reward_edit", "reward_edit_judge"]
@@ -164,8 +187,89 @@ def test_interrupting_a_running_edit_stops_it_between_steps(comfy):
     started = time.monotonic()
     server.post("/interrupt", {})
     entry = server.wait_for_history(prompt_id, timeout=60, allow_error=True)
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 120  # one step at most (seconds; a minute on a very busy CPU), not 1000
     assert entry["status"]["status_str"] == "error"
     assert "execution_interrupted" in [message[0] for message in entry["status"]["messages"]]
     (save_id,) = _nodes_of_type(workflow, "SaveImage")
     assert save_id not in entry.get("outputs", {})
+
+
+# The photo is large for the tiny test model (its VAE downsamples by 2 only): one step keeps it to seconds on a quiet
+# CPU (minutes on a busy one); the failure-text test uses the example's small image.
+PHOTO_STEPS = 1
+SMALL_STEPS = 2
+
+
+def _edit_workflow(
+    failure_text: str | None, seed: int = 42, image: str | None = None, steps: int = SMALL_STEPS
+) -> dict:
+    """The example edit workflow, on `image` (default: the example's), with `steps` steps; ``failure_text=None``
+    leaves the optional input out."""
+    workflow = _load_workflow(EDIT_API)
+    (image_id,) = _nodes_of_type(workflow, "LoadImage")
+    if image is not None:
+        workflow[image_id]["inputs"]["image"] = image
+    (condition_id,) = _nodes_of_type(workflow, "RewardCondition")
+    if failure_text is None:
+        del workflow[condition_id]["inputs"]["failure_text"]
+    else:
+        workflow[condition_id]["inputs"]["failure_text"] = failure_text
+    (edit_id,) = _nodes_of_type(workflow, "RewardEdit")
+    workflow[edit_id]["inputs"].update(seed=seed, steps=steps)
+    return workflow
+
+
+def _run_and_read_saved_image(server: ComfyServer, workflow: dict) -> np.ndarray:
+    entry = server.wait_for_history(server.queue_prompt(workflow), timeout=400)
+    (save_id,) = _nodes_of_type(workflow, "SaveImage")
+    (image,) = entry["outputs"][save_id]["images"]
+    with Image.open(server.comfy_dir / "output" / image.get("subfolder", "") / image["filename"]) as saved:
+        assert saved.mode == "RGB"
+        return np.asarray(saved).copy()
+
+
+def test_an_odd_sized_exif_photo_edits_to_its_own_size_and_matches_the_python_api(comfy):
+    """The 451x300 photo (odd size, EXIF-rotated JPEG) edits through the example workflow; the saved image has the
+    input's exact size (the documented rule), and it is the image the Python API makes from the same file."""
+    import torch
+
+    from reward_edit_pipeline import RewardEditPipeline
+    from reward_edit_pipeline.images import load_image
+
+    build, server = comfy
+    workflow = _edit_workflow("", image=PHOTO_NAME, steps=PHOTO_STEPS)
+    saved = _run_and_read_saved_image(server, workflow)
+    assert (saved.shape[1], saved.shape[0]) == PHOTO_SIZE
+
+    (loader_id,) = _nodes_of_type(workflow, "RewardEditLoader")
+    (edit_id,) = _nodes_of_type(workflow, "RewardEdit")
+    settings = workflow[edit_id]["inputs"]
+    pipeline = RewardEditPipeline.from_pretrained(
+        server.comfy_dir / "models" / "diffusers" / workflow[loader_id]["inputs"]["model"]
+    )
+    python = pipeline(
+        settings["instruction"],
+        image=load_image(server.comfy_dir / "input" / PHOTO_NAME),
+        reward_scores=(5, 5, 5),
+        failure_text=None,
+        num_inference_steps=settings["steps"],
+        guidance_scale=settings["guidance_scale"],
+        image_guidance_scale=settings["image_guidance_scale"],
+        generator=torch.Generator().manual_seed(settings["seed"]),
+        output_type="np",
+    ).images[0]
+    assert python.shape[:2] == saved.shape[:2]
+    python_8bit = np.clip(python * 255.0, 0, 255).astype(np.uint8)  # how SaveImage writes IMAGE values
+    difference = np.abs(python_8bit.astype(int) - saved.astype(int))
+    assert difference.max() <= 2 and difference.mean() < 0.05, (difference.max(), difference.mean())
+
+
+def test_an_empty_or_blank_failure_text_gives_the_same_image_as_no_failure_text(comfy):
+    build, server = comfy
+    without = _run_and_read_saved_image(server, _edit_workflow(None, seed=7))
+    empty = _run_and_read_saved_image(server, _edit_workflow("", seed=7))
+    blank = _run_and_read_saved_image(server, _edit_workflow("  \n ", seed=7))
+    np.testing.assert_array_equal(empty, without)
+    np.testing.assert_array_equal(blank, without)
+    failing = _run_and_read_saved_image(server, _edit_workflow("the hat is still red; None; blurry", seed=7))
+    assert np.abs(failing.astype(int) - without.astype(int)).max() > 0  # a failure text does change the edit

@@ -218,30 +218,22 @@ def build_pipeline(
     args: argparse.Namespace, unet: nn.Module, vae: Any, text_encoder: Any, tokenizer: Any, scheduler: Any
 ):
     """Stage 1 → stock `StableDiffusionInstructPix2PixPipeline`; stage 2 → `RewardEditPipeline`."""
+    components = {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+    }
     if args.stage == 1:
         from diffusers import StableDiffusionInstructPix2PixPipeline
 
-        return StableDiffusionInstructPix2PixPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        return StableDiffusionInstructPix2PixPipeline(**components, requires_safety_checker=False)
     from reward_edit_pipeline import RewardEditPipeline
 
-    return RewardEditPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-    )
+    return RewardEditPipeline(**components)
 
 
 def log_validation(

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 
+from ..records import image_reference
+
 ImageFormat = Literal["jpeg", "png"]
 IMAGE_FORMATS: tuple[str, ...] = ("jpeg", "png")
 DETAIL_LEVELS: tuple[str, ...] = ("low", "high", "auto")
@@ -56,6 +58,15 @@ def image_digest(source: Any) -> str:
     digest = hashlib.sha256(f"pil:{source.mode}:{source.size[0]}x{source.size[1]}:".encode())
     digest.update(source.tobytes())
     return digest.hexdigest()
+
+
+def image_key(source: Any) -> str:
+    """What a store's call key records for an image: its `image_digest`, or ``"<reason>:<path>"`` when it cannot be
+    read now (the key then changes once the file appears, and the failure is recorded with its reason)."""
+    try:
+        return image_digest(source)
+    except ImageLoadError as error:
+        return f"{error.reason}:{image_reference(source)}"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

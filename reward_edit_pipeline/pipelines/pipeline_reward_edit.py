@@ -38,7 +38,8 @@ except ImportError:  # pragma: no cover - older diffusers
 # Classes this package contributes as pipeline components (model_index.json: ["reward_edit_pipeline", name]).
 PACKAGE_CLASSES: dict[str, type] = {RewardUNet2DConditionModel.__name__: RewardUNet2DConditionModel}
 
-# Pinned for the life of the project: saved folders record these names, so renaming them breaks every saved model.
+# Pinned for the life of the project: saved folders record these names in `model_index.json` (`_class_name` as
+# [loader module, class], components as [library, class]), so renaming either breaks every published folder.
 LOADER_MODULE_STEM = "pipeline_reward_edit"
 PUBLIC_LIBRARY = "reward_edit_pipeline"
 LOADER_SHIM_SOURCE = '''"""Loader shim for `diffusers.DiffusionPipeline.from_pretrained(<this folder or repo>, trust_remote_code=True)`.
@@ -480,6 +481,9 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
                 height + pad_bottom,
             )
             pixels = torch.nn.functional.pad(pixels, (0, pad_right, 0, pad_bottom), mode="replicate")
+        # one memory layout whatever the source (a PIL image's stride-0 batch view loses channels-last in `pad`): the
+        # VAE's float result depends on it, and the same picture must give the same pixels from every front end
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
         return pixels * 2.0 - 1.0, (height, width)
 
     @property
@@ -603,7 +607,8 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             negative_prompt_embeds=negative_prompt_embeds,
         )
 
-        # 3. Encode the reward condition (one row per generated image), repeated over the guidance branches
+        # 3. Encode the reward condition once per call (one row per generated image; identical failure texts are
+        #    encoded once), repeated over the guidance branches; every denoising step reuses it
         reward_scores = reward_scores.repeat_interleave(num_images_per_prompt, dim=0).to(device)
         failure_text_embeds = self.encode_failure_text(failure_texts, device).repeat_interleave(
             num_images_per_prompt, dim=0
@@ -620,6 +625,9 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             branch_text_embeds = torch.cat([branch_text_embeds, failure_text_embeds])
             null_reward_mask = torch.zeros(branch_scores.shape[0], dtype=torch.bool, device=device)
             null_reward_mask[-total:] = True
+        reward_condition = self.unet.compute_reward_condition(
+            branch_scores, branch_text_embeds, null_reward_mask, device=device
+        )
 
         # 4. Preprocess the image: one per generated image, in prompt order
         image, input_size = self._preprocess_image(image)
@@ -669,9 +677,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
                     scaled_latent_model_input,
                     t,
                     encoder_hidden_states=prompt_embeds,
-                    reward_scores=branch_scores,
-                    failure_text_embeds=branch_text_embeds,
-                    null_reward_mask=null_reward_mask,
+                    reward_condition=reward_condition,
                     cross_attention_kwargs=cross_attention_kwargs,
                     return_dict=False,
                 )[0]
