@@ -422,7 +422,7 @@ def test_parquet_export_without_the_data_extra(data_files, capsys, monkeypatch, 
         "-o",
         str(tmp_path / "o.parquet"),
     )
-    assert code == 2 and "pip install 'reward-edit-pipeline[data]'" in err and "Traceback" not in err
+    assert code == 2 and 'pip install "reward-edit-pipeline[data]"' in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------------------------------- train
