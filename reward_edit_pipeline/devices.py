@@ -112,6 +112,29 @@ def pop_dtype_kwarg(kwargs: dict[str, Any]) -> Any:
     return dtype if dtype is not None else torch_dtype
 
 
+def diffusers_dtype_kwarg() -> str:
+    """The keyword diffusers' loaders take the dtype by: ``dtype`` from diffusers 0.42 on, ``torch_dtype`` before."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (present from 0.42 on)
+    except ImportError:  # pragma: no cover - older diffusers
+        return "torch_dtype"
+    return "dtype"
+
+
+def normalize_dtype_kwarg(kwargs: dict[str, Any]) -> None:
+    """Accept ``dtype=`` and its older name ``torch_dtype=`` (not both) in loader keyword arguments, check a dtype
+    given by name, and pass it on under the name the installed diffusers expects (in place)."""
+    dtype = pop_dtype_kwarg(kwargs)
+    if isinstance(dtype, str) and dtype != "auto":
+        import torch
+
+        if dtype.lower() not in DTYPE_NAMES:
+            raise ValueError(f"`dtype` must be a torch.dtype or one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+        dtype = getattr(torch, DTYPE_NAMES[dtype.lower()])
+    if dtype is not None:
+        kwargs[diffusers_dtype_kwarg()] = dtype
+
+
 def check_seed(seed: Any, name: str = "seed") -> int:
     """An integer in [0, 2**64 - 1]; anything else is a `ValueError` naming `name` and the range."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:

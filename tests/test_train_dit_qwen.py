@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
-
-sys.path.insert(0, str(Path(__file__).parent))
 from reward_edit_pipeline.train.args import parse_args  # noqa: E402
 from reward_edit_pipeline.train.data import SkipCounter  # noqa: E402
 from reward_edit_pipeline.train.dit import BACKBONES, TRAINABLE_FILE, train_dit  # noqa: E402
 from reward_edit_pipeline.train.sources import load_training_examples  # noqa: E402
-from test_train_fixtures import single_torch_thread, write_official_rewards, write_triplet_folder  # noqa: E402, F401
+from safetensors.torch import load_file
+from training_data import write_official_rewards, write_triplet_folder  # noqa: E402
 
 from reward_edit_pipeline.cli import main as cli_main  # noqa: E402
 from reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit import (  # noqa: E402

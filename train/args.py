@@ -309,7 +309,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.backbone != "sd15":
             from .dit import validate_dit_args
 
-            return validate_dit_args(args)
+            validate_dit_args(args)
         return validate_args(args)
     except ValueError as error:
         parser.error(str(error))

@@ -22,8 +22,7 @@ def run(args: argparse.Namespace) -> int:
             from .dit import validate_dit_args
 
             validate_dit_args(args)
-        else:
-            validate_args(args)
+        validate_args(args)
         resolve_mixed_precision(args.mixed_precision, resolve_device("auto"))  # fp16 on a CPU-only machine: refuse
     except ValueError as error:
         import sys

@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .dit_backbones import BACKBONES, DitBackboneAdapter, register_backbone
+
 logger = logging.getLogger(__name__)
 
 DIT_BACKBONES: tuple[str, ...] = ("flux-kontext", "qwen-image-edit")
@@ -74,15 +76,13 @@ def add_dit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def validate_dit_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Check a DiT run's flags (the shared ones through the SD trainer's checks, as a stage-2 run)."""
-    from .args import validate_args
-
+    """Check a DiT run's own flags and mark it a stage-2 run; the caller then runs the shared checks
+    (`train.args.validate_args`)."""
     if args.backbone not in BACKBONES:
         raise ValueError(f"--backbone {args.backbone!r} has no trainer adapter here; available: {sorted(BACKBONES)}")
     if args.stage not in (None, 2):
         raise ValueError(f"--stage applies to --backbone sd15 only (DiT training is reward training), got {args.stage}")
     args.stage = 2
-    validate_args(args)
     if args.mixed_precision == "fp16":
         raise ValueError(
             "--mixed_precision fp16 is not supported for DiT backbones (activations overflow); use bf16 or no"
@@ -99,34 +99,6 @@ def validate_dit_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- backbone adapters
-class DitBackboneAdapter:
-    """How the generic loop talks to one DiT editor family."""
-
-    name: str = ""
-
-    def load_pipeline(self, args: argparse.Namespace, dtype: Any) -> Any:
-        """The reward pipeline to train (a base checkpoint wrapped with zero-initialised reward modules)."""
-        raise NotImplementedError
-
-    def lora_target_modules(self, transformer: Any) -> list[str]:
-        """Module names (PEFT `target_modules`) of the base attention projections."""
-        raise NotImplementedError
-
-    def encode_examples(
-        self, pipe: Any, examples: Sequence[Any], resolution: int, device: Any, skips: Any = None
-    ) -> dict[str, Any]:
-        """Cache on the CPU: `keys` of the readable examples, per-example tensors (stacked on dim 0) and shared
-        tensors (e.g. position ids). Unreadable pairs are counted in `skips` (raised when it is `None`)."""
-        raise NotImplementedError
-
-    def training_loss(
-        self, transformer: Any, cache: dict[str, Any], rows: Any, generator: Any, null_reward_mask: Any, args: Any
-    ) -> Any:
-        """Flow-matching (or the backbone's) loss of the cached examples `rows`; random draws come from the CPU
-        `generator` (so a resumed run draws the same numbers)."""
-        raise NotImplementedError
-
-
 class FluxKontextAdapter(DitBackboneAdapter):
     """FLUX.1 Kontext: rectified-flow loss on packed latents; the reference image tokens follow the noisy ones."""
 
@@ -261,12 +233,7 @@ class FluxKontextAdapter(DitBackboneAdapter):
         return F.mse_loss(prediction.float(), (noise - target_latents).float())
 
 
-BACKBONES: dict[str, DitBackboneAdapter] = {FluxKontextAdapter.name: FluxKontextAdapter()}
-
-
-def register_backbone(adapter: DitBackboneAdapter) -> None:
-    """Make `--backbone adapter.name` trainable (the Qwen-Image-Edit adapter registers itself here)."""
-    BACKBONES[adapter.name] = adapter
+register_backbone(FluxKontextAdapter())
 
 
 # ---------------------------------------------------------------------------------------------- state

@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .dit import DitBackboneAdapter, register_backbone
+from .dit_backbones import DitBackboneAdapter, register_backbone
 
 LORA_PROJECTIONS: tuple[str, ...] = (
     "to_q",

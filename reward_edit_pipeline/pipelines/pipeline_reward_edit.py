@@ -20,7 +20,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.utils import logging
 
-from ..devices import pop_dtype_kwarg
+from ..devices import diffusers_dtype_kwarg, normalize_dtype_kwarg
 from ..downloads import DOWNLOAD_KWARGS, PIPELINE_ALLOW_PATTERNS, download_pipeline_files
 from ..images import DEFAULT_MAX_IMAGE_PIXELS, array_to_float, check_image_pixels, pil_to_array
 from ..models.unet_2d_reward import RewardUNet2DConditionModel
@@ -28,12 +28,8 @@ from ..rewards import BEST_SCORES, parse_reward_scores, resolve_failure_text
 
 logger = logging.get_logger(__name__)
 
-try:  # diffusers >= 0.42 names the loading dtype `dtype` (and deprecates `torch_dtype`)
-    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+DTYPE_KWARG = diffusers_dtype_kwarg()  # `dtype` (diffusers >= 0.42) or `torch_dtype`
 
-    DTYPE_KWARG = "dtype"
-except ImportError:  # pragma: no cover - older diffusers
-    DTYPE_KWARG = "torch_dtype"
 
 # Classes this package contributes as pipeline components (model_index.json: ["reward_edit_pipeline", name]).
 PACKAGE_CLASSES: dict[str, type] = {RewardUNet2DConditionModel.__name__: RewardUNet2DConditionModel}
@@ -60,19 +56,6 @@ package. It holds no model code; `RewardEditPipeline.from_pretrained` never runs
 
 from reward_edit_pipeline import {class_name}  # noqa: F401
 '''
-
-
-def _normalize_dtype_kwarg(kwargs: dict[str, Any]) -> None:
-    """Accept `dtype=` and its older name `torch_dtype=` (not both); pass it on under the name diffusers expects."""
-    dtype = pop_dtype_kwarg(kwargs)
-    if isinstance(dtype, str) and dtype != "auto":
-        from ..devices import DTYPE_NAMES
-
-        if dtype.lower() not in DTYPE_NAMES:
-            raise ValueError(f"`dtype` must be a torch.dtype or one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
-        dtype = getattr(torch, DTYPE_NAMES[dtype.lower()])
-    if dtype is not None:
-        kwargs[DTYPE_KWARG] = dtype
 
 
 __all__ = ["PIPELINE_ALLOW_PATTERNS", "RewardEditPipeline", "download_pipeline_files", "encode_failure_texts"]
@@ -206,7 +189,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         A plain InstructPix2Pix checkpoint is refused with a pointer to `from_instruct_pix2pix`, and the official
         release layout with a pointer to `from_official`.
         """
-        _normalize_dtype_kwarg(kwargs)
+        normalize_dtype_kwarg(kwargs)
         if not os.path.isdir(pretrained_model_name_or_path):
             download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(
@@ -229,7 +212,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         """Wrap a stock `StableDiffusionInstructPix2PixPipeline` checkpoint (e.g. the `timbrooks/instruct-pix2pix`
         layout) with new reward modules. With `reward_init="zero"` (default) the result edits exactly like the stock
         pipeline until it is trained."""
-        _normalize_dtype_kwarg(kwargs)
+        normalize_dtype_kwarg(kwargs)
         unet_kwargs = {key: kwargs[key] for key in _SUBMODEL_KWARGS if key in kwargs}
         base_unet = UNet2DConditionModel.from_pretrained(pretrained_model_name_or_path, subfolder="unet", **unet_kwargs)
         unet = RewardUNet2DConditionModel.from_unet(base_unet, reward_init=reward_init)
@@ -248,7 +231,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         """
         if not os.path.isdir(path):
             raise FileNotFoundError(f"`path` must be a local official release folder, got {os.fspath(path)!r}")
-        _normalize_dtype_kwarg(kwargs)
+        normalize_dtype_kwarg(kwargs)
         unet = RewardUNet2DConditionModel.from_official_unet(
             os.path.join(path, "unet"), torch_dtype=kwargs.get(DTYPE_KWARG)
         )

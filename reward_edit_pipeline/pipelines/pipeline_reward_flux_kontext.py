@@ -10,10 +10,10 @@ import torch
 from diffusers import FluxKontextPipeline
 from diffusers.utils import logging
 
+from ..devices import normalize_dtype_kwarg
 from ..downloads import DOWNLOAD_KWARGS, download_pipeline_files
 from ..models.transformer_flux_reward import RewardFluxTransformer2DModel
 from ..rewards import BEST_SCORES
-from .pipeline_reward_edit import _normalize_dtype_kwarg
 from .reward_dit_common import (
     FailureTextInput,
     RewardCondition,
@@ -103,7 +103,7 @@ class RewardFluxKontextPipeline(FluxKontextPipeline):
         """Load a saved `RewardFluxKontextPipeline` folder or Hub repo id (configs, safetensors and tokenizer files
         only). The loading dtype may be given as `dtype=` or `torch_dtype=`. A stock FLUX.1 Kontext checkpoint is
         refused with a pointer to `from_flux_kontext`."""
-        _normalize_dtype_kwarg(kwargs)
+        normalize_dtype_kwarg(kwargs)
         if not os.path.isdir(pretrained_model_name_or_path):
             download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(
@@ -144,7 +144,7 @@ class RewardFluxKontextPipeline(FluxKontextPipeline):
     ) -> RewardFluxKontextPipeline:
         """Load a stock FLUX.1 Kontext checkpoint (e.g. the `black-forest-labs/FLUX.1-Kontext-dev` layout) with
         `FluxKontextPipeline.from_pretrained(..., **kwargs)` and wrap it (`from_base(..., **reward_config)`)."""
-        _normalize_dtype_kwarg(kwargs)
+        normalize_dtype_kwarg(kwargs)
         base = FluxKontextPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return cls.from_base(base, reward_init, **(reward_config or {}))
 

@@ -28,10 +28,10 @@ from diffusers.pipelines.qwenimage.pipeline_output import QwenImagePipelineOutpu
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_shift, retrieve_timesteps
 from diffusers.utils import logging
 
+from ..devices import normalize_dtype_kwarg
 from ..downloads import DOWNLOAD_KWARGS, download_pipeline_files
 from ..models.transformer_qwenimage_reward import REWARD_CONDITION_KEY, RewardQwenImageTransformer2DModel
 from ..rewards import BEST_SCORES
-from .pipeline_reward_edit import _normalize_dtype_kwarg
 from .reward_dit_common import (
     FailureTextInput,
     RewardCondition,
@@ -115,7 +115,7 @@ class _RewardQwenImageEditMixin:
         """Load a saved reward Qwen-Image-Edit folder or Hub repo id (configs, safetensors and tokenizer files only).
         The loading dtype may be given as `dtype=` or `torch_dtype=`. A stock Qwen-Image-Edit checkpoint is refused
         with a pointer to `from_qwen_image_edit`."""
-        _normalize_dtype_kwarg(kwargs)
+        normalize_dtype_kwarg(kwargs)
         if not os.path.isdir(pretrained_model_name_or_path):
             download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(
@@ -165,7 +165,7 @@ class _RewardQwenImageEditMixin:
         """Load a stock Qwen-Image-Edit checkpoint (`Qwen/Qwen-Image-Edit` layout for `RewardQwenImageEditPipeline`,
         `-2509`/`-2511` for the Plus pipeline) with the stock pipeline's `from_pretrained(..., **kwargs)` and wrap
         it (`from_base(..., **reward_config)`; `vae_image_area` / `condition_image_area` may be given here too)."""
-        _normalize_dtype_kwarg(kwargs)
+        normalize_dtype_kwarg(kwargs)
         areas = {name: kwargs.pop(name) for name in ("vae_image_area", "condition_image_area") if name in kwargs}
         stock = cls.stock_pipeline_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return cls.from_base(stock, reward_init, **areas, **(reward_config or {}))
