@@ -18,6 +18,9 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "RewardUNet2DConditionModel": "reward_edit_pipeline.models.unet_2d_reward",
     "LatentRewardAttention": "reward_edit_pipeline.models.unet_2d_reward",
     "RewardEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_edit",
+    "RewardSmartEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_smartedit",
+    "SmartEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_smartedit",
+    "SmartEditBridge": "reward_edit_pipeline.models.smartedit_bridge",
     "load_pipeline": "reward_edit_pipeline.loading",
     # `DiffusionPipeline.from_pretrained` looks a component's base classes up on its library module (here: this one)
     # to pick the method that loads it, so the library module must expose them (docs/architecture.md, "Loading").
@@ -25,14 +28,25 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "DiffusionPipeline": "diffusers",
 }
 
-__all__ = ["RewardUNet2DConditionModel", "LatentRewardAttention", "RewardEditPipeline", "load_pipeline", "__version__"]
+__all__ = [
+    "RewardUNet2DConditionModel",
+    "LatentRewardAttention",
+    "RewardEditPipeline",
+    "RewardSmartEditPipeline",
+    "SmartEditPipeline",
+    "SmartEditBridge",
+    "load_pipeline",
+    "__version__",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import DiffusionPipeline, ModelMixin  # noqa: F401
 
     from .loading import load_pipeline
+    from .models.smartedit_bridge import SmartEditBridge
     from .models.unet_2d_reward import LatentRewardAttention, RewardUNet2DConditionModel
     from .pipelines.pipeline_reward_edit import RewardEditPipeline
+    from .pipelines.pipeline_reward_smartedit import RewardSmartEditPipeline, SmartEditPipeline
 
 
 def _read_version() -> str:
