@@ -4,6 +4,7 @@ and the converter from the released layout."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -35,7 +36,7 @@ def image() -> np.ndarray:
 
 
 def _edit(pipe: RewardSmartEditPipeline, image: np.ndarray, **kwargs) -> np.ndarray:
-    kwargs.setdefault("num_inference_steps", 2)
+    kwargs.setdefault("num_inference_steps", 1)
     return pipe(
         "make the sky red", image, output_type="np", generator=torch.Generator().manual_seed(0), **kwargs
     ).images
@@ -305,3 +306,130 @@ def test_reference_bilinear_matches_definition_on_a_known_case():
     # half-pixel centres: output row 1 sits at source row 0.25 → 0.75·row0 + 0.25·row1
     assert out[0, 0, 1, 0].item() == pytest.approx(0.5) and out[0, 0, 0, 0].item() == 0.0
     torch.testing.assert_close(out, F.interpolate(x, size=(4, 4), mode="bilinear", align_corners=False))
+
+
+# ---------------------------------------------------------------------------------------------------- converter, saving
+def _write_released_layout(pipe: RewardSmartEditPipeline, root, steps: int, generator: torch.Generator):
+    """A folder in the released SmartEdit layout, made from `pipe` (pickles, as released), with LoRA A/B weights on
+    two LLM projections. Returns the LLM state dict the converter must produce (LoRA merged)."""
+    from reward_edit_pipeline.convert_smartedit import released_state_dicts_from_bridge
+
+    rank, alpha = 2, 4
+    llm_state = pipe.llm.state_dict()
+    released_llm, expected = {}, {}
+    for key, value in llm_state.items():
+        if key == "lm_head.weight":
+            continue
+        inner = key[len("model.") :]
+        if inner in ("layers.0.self_attn.q_proj.weight", "layers.1.mlp.down_proj.weight"):
+            module = inner[: -len(".weight")]
+            down = torch.randn(rank, value.shape[1], generator=generator)
+            up = torch.randn(value.shape[0], rank, generator=generator)
+            released_llm[f"model.base_model.model.{module}.base_layer.weight"] = value.clone()
+            released_llm[f"model.base_model.model.{module}.lora_A.default.weight"] = down
+            released_llm[f"model.base_model.model.{module}.lora_B.default.weight"] = up
+            expected[key] = value + (alpha / rank) * up @ down
+        else:
+            released_llm[f"model.base_model.model.{inner}"] = value.clone()
+            expected[key] = value
+    expected["lm_head.weight"] = llm_state["lm_head.weight"]
+    embeddings_qformer, bim = released_state_dicts_from_bridge(pipe.bridge, lm_head=llm_state["lm_head.weight"])
+    unet_state = {
+        f"unet.{key}": value.clone()
+        for key, value in pipe.unet.state_dict().items()
+        if not key.startswith(("reward_", "failure_text_", "latent_reward_attention"))
+    }
+    files = {
+        f"LLM-{steps}/adapter_model.bin": released_llm,
+        f"embeddings_qformer/checkpoint-{steps}_embeddings_qformer.bin": embeddings_qformer,
+        f"modulate-{steps}/adapter_model.bin": bim,
+        f"unet-{steps}/adapter_model.bin": unet_state,
+    }
+    for name, state in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, root / name)
+    (root / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": alpha}))
+    return expected
+
+
+def test_convert_released_layout_round_trip(tmp_path, image):
+    from reward_edit_pipeline.convert_smartedit import convert_smartedit
+    from reward_edit_pipeline.testing import get_dummy_unet_config
+    from reward_edit_pipeline.testing_smartedit import get_dummy_llm
+
+    original = get_dummy_smartedit_pipeline(reward_init="zero")  # the release has no reward modules
+    expected_llm = _write_released_layout(original, tmp_path / "release", 15000, torch.Generator().manual_seed(3))
+    fresh = get_dummy_smartedit_components(seed=7)
+    base = {
+        name: fresh[name]
+        for name in ("vae", "text_encoder", "tokenizer", "scheduler", "llm_tokenizer", "vision_processor")
+    }
+    base.update(
+        vae=original.vae,
+        text_encoder=original.text_encoder,
+        vision_encoder=original.vision_encoder,
+        llm=get_dummy_llm(len(fresh["llm_tokenizer"]), seed=9),
+        unet_config=get_dummy_unet_config(8),
+    )
+    with pytest.raises(ValueError, match="allow_pickle"):
+        convert_smartedit(tmp_path / "release", 15000, base)
+    converted = convert_smartedit(
+        tmp_path / "release",
+        15000,
+        base,
+        output_dir=tmp_path / "converted",
+        allow_pickle=True,
+        bridge_overrides={
+            "num_image_tokens": NUM_IMAGE_TOKENS,
+            "qformer_num_heads": 4,
+            "bim_num_heads": 2,
+            "llm_prompt_template": original.bridge.config.llm_prompt_template,
+        },
+    )
+    reward_prefixes = ("reward_", "failure_text_", "latent_reward_attention")
+    for ours, theirs in ((converted.bridge, original.bridge), (converted.unet, original.unet)):
+        mine, other = ours.state_dict(), theirs.state_dict()
+        assert mine.keys() == other.keys()
+        # the converted UNet's reward modules are new (zero-initialised output layers, random inner ones)
+        assert all(torch.equal(mine[key], other[key]) for key in mine if not key.startswith(reward_prefixes))
+
+    def public(config):
+        return {key: value for key, value in config.items() if not key.startswith("_")}
+
+    assert public(converted.bridge.config) == public(original.bridge.config)
+    converted_llm = converted.llm.state_dict()
+    assert converted_llm.keys() == expected_llm.keys()
+    for key, value in expected_llm.items():
+        torch.testing.assert_close(converted_llm[key], value, rtol=0, atol=1e-6)
+    assert (
+        converted_llm["model.layers.0.self_attn.q_proj.weight"]
+        - original.llm.state_dict()["model.layers.0.self_attn.q_proj.weight"]
+    ).abs().max() > 1e-3  # LoRA merged
+    original.llm.load_state_dict(expected_llm)
+    converted_edit = _edit(converted, image)
+    # (the LoRA merge is computed in float64 by the converter, in float32 here: a few 1e-6 apart)
+    np.testing.assert_allclose(converted_edit, _edit(original, image), atol=1e-4)
+
+    # the saved folder loads through this package and through diffusers' remote-code path
+    loaded = RewardSmartEditPipeline.from_pretrained(tmp_path / "converted")
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(_edit(loaded, image), converted_edit, atol=1e-6)
+    from diffusers import DiffusionPipeline
+
+    remote = DiffusionPipeline.from_pretrained(tmp_path / "converted", trust_remote_code=True)
+    remote.set_progress_bar_config(disable=True)
+    assert type(remote).__name__ == "RewardSmartEditPipeline"
+    assert type(remote.bridge).__name__ == "SmartEditBridge"
+    np.testing.assert_allclose(_edit(remote, image), converted_edit, atol=1e-6)
+
+
+def test_save_and_load_with_rewards(tmp_path, pipe, image):
+    pipe.save_pretrained(tmp_path / "saved")
+    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_reward_smartedit", "RewardSmartEditPipeline"]
+    assert index["bridge"] == ["reward_edit_pipeline", "SmartEditBridge"]
+    assert not list((tmp_path / "saved").rglob("*.bin"))
+    loaded = RewardSmartEditPipeline.from_pretrained(tmp_path / "saved")
+    loaded.set_progress_bar_config(disable=True)
+    kwargs = {"reward_scores": (4, 2, 5), "failure_text": "blurry"}
+    np.testing.assert_allclose(_edit(loaded, image, **kwargs), _edit(pipe, image, **kwargs), atol=1e-6)
