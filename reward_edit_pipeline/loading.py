@@ -49,7 +49,8 @@ def converted_cache_dir() -> Path:
 
 
 def detect_layout(folder: str | os.PathLike) -> str:
-    """Classify a local folder: `"reward"` (saved RewardEditPipeline), `"official"` (official stage-2 folder),
+    """Classify a local folder: `"reward"` (saved RewardEditPipeline), `"smartedit"` (saved RewardSmartEditPipeline),
+    `"official"` (official stage-2 folder),
     `"official-root"` (the release root holding `stage2_reward_instruct_pix2pix/`), `"instruct-pix2pix"`.
 
     The one release-layout rule: the pipeline loaders and the trainer (`--pretrained_model_name_or_path`) call it.
@@ -65,6 +66,8 @@ def detect_layout(folder: str | os.PathLike) -> str:
             f"`model` folder {str(folder)!r} has no model_index.json: not a diffusers pipeline folder"
         )
     model_index = json.loads(index_path.read_text(encoding="utf-8"))
+    if "bridge" in model_index and "llm" in model_index:  # a saved RewardSmartEditPipeline (docs/smartedit.md)
+        return "smartedit"
     unet_entry = model_index.get("unet") or [None, None]
     if unet_entry[1] == "RewardUNet2DConditionModel":
         return "reward"
@@ -93,6 +96,10 @@ def has_official_reward_keys(unet_folder: str | os.PathLike) -> bool:
 def load_local_pipeline(folder: str | os.PathLike, **kwargs: Any) -> RewardEditPipeline:
     """Load a local folder of any supported layout (see `detect_layout`)."""
     layout = detect_layout(folder)
+    if layout == "smartedit":
+        from .pipelines.pipeline_reward_smartedit import RewardSmartEditPipeline
+
+        return RewardSmartEditPipeline.from_pretrained(folder, **kwargs)
     if layout == "reward":
         return RewardEditPipeline.from_pretrained(folder, **kwargs)
     if layout == "official-root":

@@ -433,3 +433,70 @@ def test_save_and_load_with_rewards(tmp_path, pipe, image):
     loaded.set_progress_bar_config(disable=True)
     kwargs = {"reward_scores": (4, 2, 5), "failure_text": "blurry"}
     np.testing.assert_allclose(_edit(loaded, image, **kwargs), _edit(pipe, image, **kwargs), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI, ComfyUI
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory, pipe):
+    folder = tmp_path_factory.mktemp("smartedit") / "tiny-smartedit"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_cli_edit_with_rewards(saved_folder, image, tmp_path):
+    import PIL.Image
+
+    from reward_edit_pipeline.cli import main
+    from reward_edit_pipeline.loading import detect_layout
+
+    assert detect_layout(saved_folder) == "smartedit"
+    photo = tmp_path / "photo.png"
+    PIL.Image.fromarray(image).save(photo)
+    outputs = []
+    for scores in ("5,5,5", "1,2,3"):
+        output = tmp_path / f"edited-{scores}.png"
+        code = main(
+            [
+                "edit",
+                str(photo),
+                "make the sky red",
+                "-o",
+                str(output),
+                "--model",
+                str(saved_folder),
+                "--steps",
+                "1",
+                "--scores",
+                scores,
+                "--device",
+                "cpu",
+            ]
+        )
+        assert code == 0
+        outputs.append(np.asarray(PIL.Image.open(output)))
+    assert outputs[0].shape == (32, 32, 3) and np.abs(outputs[0].astype(int) - outputs[1].astype(int)).max() > 0
+
+
+def test_comfyui_edit_node_on_a_smartedit_folder(saved_folder, image):
+    """The ComfyUI loader goes through `load_pipeline` (which dispatches on the folder's layout); the edit node's
+    `edit_images` runs the SmartEdit pipeline unchanged."""
+    from reward_edit_pipeline.comfy_nodes.core import edit_images, make_reward_condition
+
+    from reward_edit_pipeline.loading import load_pipeline
+
+    loaded = load_pipeline(saved_folder, device="cpu", torch_dtype="float32")
+    assert isinstance(loaded, RewardSmartEditPipeline)
+    loaded.set_progress_bar_config(disable=True)
+    comfy = torch.from_numpy(image).float()[None] / 255.0
+    steps_seen = []
+    best = edit_images(
+        loaded,
+        comfy,
+        "make the sky red",
+        make_reward_condition(5, 5, 5, ""),
+        steps=1,
+        seed=0,
+        on_step=lambda done, total: steps_seen.append(done),
+    )
+    low = edit_images(loaded, comfy, "make the sky red", make_reward_condition(1, 2, 3, "blurry"), steps=1, seed=0)
+    assert best.shape == (1, 32, 32, 3) and steps_seen and (best - low).abs().max() > 1e-4

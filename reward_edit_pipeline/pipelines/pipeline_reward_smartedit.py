@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -265,6 +265,8 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable[..., dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> StableDiffusionPipelineOutput | tuple:
         r"""Edit `image` following `prompt`, conditioned on reward scores and a failure text.
 
@@ -272,7 +274,12 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         condition; `reward_guidance_scale > 1`: push away from it). Guidance branches: `[text+image, image-only,
         unconditional]`, where the text condition is the bridge's output (empty-prompt CLIP states in the other two
         branches) and every branch gets the BIM image residual and the requested reward condition.
+        `callback_on_step_end(pipe, step, timestep, {"latents": ...})` may replace the latents; setting
+        `pipe._interrupt = True` stops the loop.
         """
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        if any(name != "latents" for name in tensor_inputs):
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` must be ['latents'], got {tensor_inputs}")
         batch_size, _ = self.check_reward_edit_inputs(
             prompt,
             image,
@@ -373,7 +380,7 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         num_model_branches = num_branches + (1 if do_reward_guidance else 0)
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar, conv_in_residual(self.unet, branch_residual):
-            for t in timesteps:
+            for step, t in enumerate(timesteps):
                 if self.interrupt:
                     break
                 model_input = self.scheduler.scale_model_input(torch.cat([latents] * num_model_branches), t)
@@ -400,6 +407,9 @@ class RewardSmartEditPipeline(RewardEditPipeline):
                 if do_reward_guidance:
                     noise_pred = noise_pred + (reward_guidance_scale - 1.0) * (noise_pred_text - branches[-1])
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    outputs = callback_on_step_end(self, step, t, {"latents": latents}) or {}
+                    latents = outputs.pop("latents", latents)
                 progress_bar.update()
 
         # 6. Decode (cropped back to the input size)
