@@ -6,11 +6,16 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_train_fixtures import single_torch_thread  # noqa: E402, F401  (autouse: one thread on a shared CPU)
 
 from reward_edit_pipeline.models.smartedit_bridge import SmartEditBridge
 from reward_edit_pipeline.pipelines.pipeline_reward_smartedit import RewardSmartEditPipeline, conv_in_residual
@@ -500,3 +505,51 @@ def test_comfyui_edit_node_on_a_smartedit_folder(saved_folder, image):
     )
     low = edit_images(loaded, comfy, "make the sky red", make_reward_condition(1, 2, 3, "blurry"), steps=1, seed=0)
     assert best.shape == (1, 32, 32, 3) and steps_seen and (best - low).abs().max() > 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def _train_argv(saved_folder, data, rewards, output, *extra, steps: int = 3):
+    return [
+        "train", "--stage", "2", "--backbone", "smartedit",
+        "--pretrained_model_name_or_path", str(saved_folder), "--train_data_dir", str(data), "--rewards", str(rewards),
+        "--output_dir", str(output), "--resolution", "32", "--train_batch_size", "2",
+        "--gradient_accumulation_steps", "1", "--max_train_steps", str(steps), "--checkpointing_steps", "1",
+        "--learning_rate", "1e-3", "--mixed_precision", "no", "--no-use_ema", "--dataloader_num_workers", "0",
+        "--report_to", "none", *extra,
+    ]  # fmt: skip
+
+
+def test_training_stage2_runs_and_resumes_bitwise(saved_folder, tmp_path, image):
+    from safetensors.torch import load_file
+    from test_train_fixtures import write_official_rewards, write_triplet_folder  # noqa: I001
+
+    from reward_edit_pipeline.cli import main
+
+    keys = write_triplet_folder(tmp_path / "data", 4)
+    rewards = write_official_rewards(tmp_path / "RewardEdit_20K.json", keys)
+    full = tmp_path / "full"
+    assert main(_train_argv(saved_folder, tmp_path / "data", rewards, full)) == 0
+    state = json.loads((full / "checkpoint-3" / "training_state.json").read_text())
+    assert state["global_step"] == 3 and all(math.isfinite(loss) for loss in state["losses"])
+
+    # interrupted after step 1, then resumed from the latest checkpoint: the same weights, bit for bit
+    partial = tmp_path / "partial"
+    assert main(_train_argv(saved_folder, tmp_path / "data", rewards, partial, steps=1)) == 0
+    assert (
+        main(_train_argv(saved_folder, tmp_path / "data", rewards, partial, "--resume_from_checkpoint", "latest")) == 0
+    )
+    for name in ("bridge", "unet"):
+        resumed = load_file(str(partial / "checkpoint-3" / f"{name}.safetensors"))
+        uninterrupted = load_file(str(full / "checkpoint-3" / f"{name}.safetensors"))
+        assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
+    initial = RewardSmartEditPipeline.from_pretrained(saved_folder)
+    trained = RewardSmartEditPipeline.from_pretrained(full)
+    changed = [
+        name for name in ("bridge", "unet")
+        if any(not torch.equal(a, b) for a, b in zip(getattr(initial, name).state_dict().values(),
+                                                     getattr(trained, name).state_dict().values()))
+    ]  # fmt: skip
+    assert changed == ["bridge", "unet"]
+    assert all(torch.equal(a, b) for a, b in zip(initial.llm.state_dict().values(), trained.llm.state_dict().values()))
+    trained.set_progress_bar_config(disable=True)
+    assert np.isfinite(_edit(trained, image, reward_scores=(5, 4, 5))).all()

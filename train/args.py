@@ -49,6 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Base pipeline folder or Hub id (stage 1: text-to-image SD; stage 2: InstructPix2Pix or reward-edit).",
     )
     group.add_argument("--revision", type=str, default=None, help="Hub revision of the base model.")
+    group.add_argument(
+        "--backbone",
+        type=str,
+        default="sd",
+        choices=("sd", "smartedit"),
+        help=(
+            "sd: the InstructPix2Pix UNet (default). smartedit: stage 2 of a converted SmartEdit folder (frozen MLLM; "
+            "bridge and reward UNet trained; float32, one process; docs/smartedit.md)."
+        ),
+    )
 
     group = parser.add_argument_group("data")
     group.add_argument(

@@ -25,5 +25,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"reward-edit train: error: {error}", file=sys.stderr)
         return 2
     configure_logging()
+    if getattr(args, "backbone", "sd") == "smartedit":
+        from .smartedit import train_smartedit
+
+        try:
+            train_smartedit(args)
+        except ValueError as error:
+            import sys
+
+            print(f"reward-edit train: error: {error}", file=sys.stderr)
+            return 2
+        return 0
     train(args)
     return 0
