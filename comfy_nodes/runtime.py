@@ -97,7 +97,8 @@ def load_pipe(model: str, hub_id: str, device: str, dtype: str) -> RewardEditPip
         from reward_edit_pipeline import load_pipeline
 
         logger.info("Reward Edit: loading %s (%s, %s)", source, device, torch_dtype)
-        pipeline = load_pipeline(source, device="cpu", torch_dtype=torch_dtype)  # ComfyUI moves it later
+        # loaded on the CPU, run on target_device (ComfyUI moves it later)
+        pipeline = load_pipeline(source, device="cpu", torch_dtype=torch_dtype, execution_device=target_device)
         pipeline.set_progress_bar_config(disable=True)  # ComfyUI's progress bar reports instead
         patcher = None
         if device == "auto":

@@ -6,11 +6,11 @@ it imports neither of them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from reward_edit_pipeline.rewards import MAX_SCORE, MIN_SCORE, PERSPECTIVES
+from reward_edit_pipeline.records import RewardRecord
+from reward_edit_pipeline.rewards import PERSPECTIVES
 
 SCORE_COLUMNS: tuple[str, ...] = tuple(f"{perspective}_score" for perspective in PERSPECTIVES)
 FAILURE_COLUMNS: tuple[str, ...] = tuple(f"{perspective}_failure" for perspective in PERSPECTIVES)
@@ -45,21 +45,24 @@ def dataset_features():
 
 @dataclass(frozen=True)
 class RewardRow:
-    """One graded triplet, ready for the parquet shards (images as encoded file bytes, never re-encoded)."""
+    """One graded triplet, ready for the parquet shards: its `RewardRecord` (id, scores, failure texts), the
+    instruction, the images as encoded file bytes (never re-encoded) and where the rewards came from."""
 
-    item_id: str
+    reward: RewardRecord
     instruction: str
     original_image: bytes
     original_filename: str
     edited_image: bytes
     edited_filename: str
-    scores: tuple[float, float, float]
-    failure_texts: tuple[str, str, str]
-    judge_model: str
-    prompt_id: str
+    judge_model: str = ""
+    prompt_id: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("item_id", "instruction", "judge_model", "prompt_id"):
+        if not isinstance(self.reward, RewardRecord):
+            raise TypeError(f"`reward` must be a RewardRecord, got {type(self.reward).__name__}")
+        if not self.reward.item_id:
+            raise ValueError("`reward.item_id` must name the triplet (a pushed row needs an id)")
+        for name in ("instruction", "original_filename", "edited_filename", "judge_model", "prompt_id"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(
                     f"row {self.item_id!r}: `{name}` must be a string, got {type(getattr(self, name)).__name__}"
@@ -68,20 +71,10 @@ class RewardRow:
             value = getattr(self, name)
             if not isinstance(value, bytes) or not value:
                 raise ValueError(f"row {self.item_id!r}: `{name}` must be the non-empty bytes of an image file")
-        if len(self.scores) != len(PERSPECTIVES) or len(self.failure_texts) != len(PERSPECTIVES):
-            raise ValueError(
-                f"row {self.item_id!r}: need 3 scores and 3 failure texts (following, preserving, quality)"
-            )
-        for perspective, score in zip(PERSPECTIVES, self.scores):
-            if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-                raise ValueError(f"row {self.item_id!r}: {perspective} score must be a finite number, got {score!r}")
-            if not MIN_SCORE <= score <= MAX_SCORE:
-                raise ValueError(
-                    f"row {self.item_id!r}: {perspective} score must be in [{MIN_SCORE:g}, {MAX_SCORE:g}], got {score!r}"
-                )
-        for perspective, text in zip(PERSPECTIVES, self.failure_texts):
-            if not isinstance(text, str):
-                raise TypeError(f"row {self.item_id!r}: {perspective} failure text must be a string, got {text!r}")
+
+    @property
+    def item_id(self) -> str:
+        return self.reward.item_id
 
     def to_example(self) -> dict[str, Any]:
         example: dict[str, Any] = {
@@ -91,9 +84,9 @@ class RewardRow:
             "edited": {"bytes": self.edited_image, "path": self.edited_filename},
         }
         for score_column, failure_column, score, text in zip(
-            SCORE_COLUMNS, FAILURE_COLUMNS, self.scores, self.failure_texts
+            SCORE_COLUMNS, FAILURE_COLUMNS, self.reward.scores, self.reward.failure_texts
         ):
-            example[score_column] = float(score)
+            example[score_column] = score
             example[failure_column] = text
         example["judge_model"] = self.judge_model
         example["prompt_id"] = self.prompt_id

@@ -142,6 +142,22 @@ def stage_model_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"`folder` {folder} does not exist or is not a directory")
+    from .dit_card import dit_folder_kind, stage_dit_folder  # DiT editors (FLUX.1 Kontext): see docs/dit.md
+
+    if dit_folder_kind(folder) is not None:
+        return stage_dit_folder(
+            folder,
+            repo_id,
+            staging_dir,
+            base_model=base_model,
+            datasets=datasets,
+            license=license,
+            tags=tags,
+            training_args=_resolve_training_args(folder, training_args),
+            eval_results=eval_results,
+            ignore_patterns=ignore_patterns,
+            overwrite=overwrite,
+        )
     _check_reward_pipeline(folder, _read_model_index(folder))
     loader_module_stem, library = _loader_names()
     shim_filename = f"{loader_module_stem}.py"

@@ -16,30 +16,14 @@ with ``on_incomplete="error"``), like `load_reward_records` does.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from reward_edit_pipeline.rewards import PERSPECTIVES
+from reward_edit_pipeline.records import RewardRecord
 
 from .dataset_layout import COLUMNS, FAILURE_COLUMNS, SCORE_COLUMNS, RewardRow
-
-logger = logging.getLogger(__name__)
-
-SQLITE_MAGIC = b"SQLite format 3\x00"
-OFFICIAL_EMPTY_TEXT = "None"  # the official files write "None" for "nothing to report"
-
-
-def _normalise_failure_text(text: Any) -> str:
-    """Failure texts are published as ``""`` when there is nothing to report (store: None/"", official: "None")."""
-    if text is None:
-        return ""
-    if not isinstance(text, str):
-        raise TypeError(f"a failure text must be a string or None, got {text!r}")
-    text = text.strip()
-    return "" if text == OFFICIAL_EMPTY_TEXT else text
 
 
 def _single_label(values: list[Any]) -> str:
@@ -75,39 +59,18 @@ def _read_image(reference: Any, base_dirs: list[Path], item_id: str, which: str)
 
 def _export_rows(source: Path) -> tuple[Iterator[dict[str, Any]], Path]:
     """Rows of a store or of an export (jsonl / parquet / hf-dataset) and the folder relative paths start from."""
-    if source.is_file():
-        with source.open("rb") as handle:
-            is_store = handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-        if is_store:
-            from reward_edit_pipeline.data import store_rows
-            from reward_edit_pipeline.judge.store import AnnotationStore
+    from reward_edit_pipeline.data import detect_format, iter_export_rows
 
-            def store_iterator() -> Iterator[dict[str, Any]]:
-                with AnnotationStore(source, readonly=True) as store:
-                    yield from store_rows(store)
-
-            return store_iterator(), source.parent
-        if source.suffix.lower() in (".jsonl", ".ndjson"):
-            import json
-
-            def jsonl_iterator() -> Iterator[dict[str, Any]]:
-                with source.open(encoding="utf-8") as handle:
-                    for line in handle:
-                        if line.strip():
-                            yield json.loads(line)
-
-            return jsonl_iterator(), source.parent
-        if source.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
-
-            return iter(pq.read_table(source).to_pylist()), source.parent
+    try:
+        kind = detect_format(source)
+    except ValueError:
+        kind = None
+    if kind not in ("store", "jsonl", "parquet", "hf-dataset"):
         raise ValueError(
             f"`source` {source}: unknown format; expected an annotation store, an export (.jsonl, .parquet, "
             "a `save_to_disk` folder) or a folder of pushed parquet shards"
         )
-    import datasets
-
-    return iter(datasets.load_from_disk(str(source))), source
+    return iter_export_rows(source), source if source.is_dir() else source.parent
 
 
 def rows_from_export(
@@ -117,8 +80,10 @@ def rows_from_export(
     on_incomplete: Literal["skip", "error"] = "skip",
 ) -> Iterator[RewardRow]:
     """`RewardRow`s of an annotation store or of its export (see module docstring)."""
-    if on_incomplete not in ("skip", "error"):
-        raise ValueError(f"`on_incomplete` must be 'skip' or 'error', got {on_incomplete!r}")
+    from reward_edit_pipeline.data import check_on_incomplete, is_complete_row, record_from_row, report_incomplete
+
+    check_on_incomplete(on_incomplete)
+
     by_id: dict[str, Any] = {}
     if triplets is not None:
         from reward_edit_pipeline.data import iter_triplets
@@ -129,8 +94,7 @@ def rows_from_export(
     incomplete: list[str] = []
     for row in rows:
         item_id = str(row["id"])
-        scores = row.get("scores") or [None] * len(PERSPECTIVES)
-        if row.get("status", "done") != "done" or any(score is None for score in scores):
+        if not is_complete_row(row):
             incomplete.append(item_id)
             continue
         triplet = by_id.get(item_id)
@@ -141,27 +105,17 @@ def rows_from_export(
             raise ValueError(f"item {item_id!r} has no instruction (pass `triplets` to supply it)")
         original_bytes, original_name = _read_image(original, base_dirs, item_id, "original")
         edited_bytes, edited_name = _read_image(edited, base_dirs, item_id, "edited")
-        texts = row.get("failure_texts") or [None] * len(PERSPECTIVES)
         yield RewardRow(
-            item_id=item_id,
+            reward=record_from_row(row, str(source)),
             instruction=instruction,
             original_image=original_bytes,
             original_filename=original_name,
             edited_image=edited_bytes,
             edited_filename=edited_name,
-            scores=tuple(float(score) for score in scores),
-            failure_texts=tuple(_normalise_failure_text(text) for text in texts),
             judge_model=_single_label(row.get("models") or []),
             prompt_id=_single_label(row.get("prompt_ids") or []),
         )
-    if incomplete:
-        message = (
-            f"{source}: {len(incomplete)} item(s) are not judged on all three perspectives and cannot be published "
-            f"(first: {incomplete[:5]}); run `reward-edit annotate` again to complete them"
-        )
-        if on_incomplete == "error":
-            raise ValueError(message)
-        logger.warning(message + "; they are skipped")
+    report_incomplete(source, incomplete, on_incomplete, consequence="cannot be published")
 
 
 def rows_from_pushed_parquet(folder: Path) -> Iterator[RewardRow]:
@@ -175,14 +129,12 @@ def rows_from_pushed_parquet(folder: Path) -> Iterator[RewardRow]:
             raise ValueError(f"{path} lacks the columns {missing} of a pushed reward dataset")
         for record in table.to_pylist():
             yield RewardRow(
-                item_id=record["id"],
+                reward=_pushed_record(record),
                 instruction=record["instruction"],
                 original_image=record["original"]["bytes"],
                 original_filename=record["original"]["path"] or f"{record['id']}_original",
                 edited_image=record["edited"]["bytes"],
                 edited_filename=record["edited"]["path"] or f"{record['id']}_edited",
-                scores=tuple(float(record[c]) for c in SCORE_COLUMNS),
-                failure_texts=tuple(record[c] for c in FAILURE_COLUMNS),
                 judge_model=record["judge_model"],
                 prompt_id=record["prompt_id"],
             )
@@ -194,8 +146,9 @@ def rows_from_path(
     """Dispatch on what `source` is (see module docstring)."""
     if not source.exists():
         raise FileNotFoundError(f"`source` {source} does not exist")
-    is_saved_dataset = (source / "dataset_info.json").is_file() or (source / "state.json").is_file()
-    if source.is_dir() and not is_saved_dataset:
+    from reward_edit_pipeline.data import is_saved_dataset_folder
+
+    if source.is_dir() and not is_saved_dataset_folder(source):
         if not any(source.rglob("*.parquet")):
             raise ValueError(
                 f"`source` {source} is a folder but neither a `save_to_disk` export nor a folder of pushed parquet shards"
@@ -205,19 +158,25 @@ def rows_from_path(
     yield from rows_from_export(source, triplets=triplets, on_incomplete=on_incomplete)
 
 
-def reward_records_from_dataset(dataset: Any) -> dict[str, Any]:
+def _pushed_record(row: Mapping[str, Any]) -> RewardRecord:
+    """The `RewardRecord` of one row in the pushed layout (``<perspective>_score`` / ``<perspective>_failure``)."""
+    from reward_edit_pipeline.data import read_failure_text
+
+    return RewardRecord(
+        scores=tuple(float(row[column]) for column in SCORE_COLUMNS),
+        failure_texts=tuple(read_failure_text(row[column]) for column in FAILURE_COLUMNS),
+        item_id=str(row["id"]),
+    )
+
+
+def reward_records_from_dataset(dataset: Any) -> dict[str, RewardRecord]:
     """``{id: RewardRecord}`` of a pushed reward dataset (a `datasets.Dataset`, e.g. ``load_dataset(repo_id)``).
 
     The records are what `reward_edit_pipeline.data.load_reward_records` returns for the store it was pushed from.
     """
-    from reward_edit_pipeline.data import RewardRecord
-
     missing = [column for column in ("id", *SCORE_COLUMNS, *FAILURE_COLUMNS) if column not in dataset.column_names]
     if missing:
         raise ValueError(f"the dataset lacks the reward columns {missing}")
-    table = dataset.select_columns(["id", *SCORE_COLUMNS, *FAILURE_COLUMNS])
-    records = {}
-    for row in table:
-        scores = tuple(float(row[c]) for c in SCORE_COLUMNS)
-        records[str(row["id"])] = RewardRecord(scores, tuple(row[c] for c in FAILURE_COLUMNS))
-    return records
+    return {
+        str(row["id"]): _pushed_record(row) for row in dataset.select_columns(["id", *SCORE_COLUMNS, *FAILURE_COLUMNS])
+    }

@@ -18,6 +18,11 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "RewardUNet2DConditionModel": "reward_edit_pipeline.models.unet_2d_reward",
     "LatentRewardAttention": "reward_edit_pipeline.models.unet_2d_reward",
     "RewardEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_edit",
+    "RewardFluxTransformer2DModel": "reward_edit_pipeline.models.transformer_flux_reward",
+    "RewardFluxKontextPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_flux_kontext",
+    "RewardQwenImageTransformer2DModel": "reward_edit_pipeline.models.transformer_qwenimage_reward",
+    "RewardQwenImageEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
+    "RewardQwenImageEditPlusPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
     "RewardSmartEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_smartedit",
     "SmartEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_smartedit",
     "SmartEditBridge": "reward_edit_pipeline.models.smartedit_bridge",
@@ -32,6 +37,11 @@ __all__ = [
     "RewardUNet2DConditionModel",
     "LatentRewardAttention",
     "RewardEditPipeline",
+    "RewardFluxTransformer2DModel",
+    "RewardFluxKontextPipeline",
+    "RewardQwenImageTransformer2DModel",
+    "RewardQwenImageEditPipeline",
+    "RewardQwenImageEditPlusPipeline",
     "RewardSmartEditPipeline",
     "SmartEditPipeline",
     "SmartEditBridge",
@@ -44,8 +54,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .loading import load_pipeline
     from .models.smartedit_bridge import SmartEditBridge
+    from .models.transformer_flux_reward import RewardFluxTransformer2DModel
+    from .models.transformer_qwenimage_reward import RewardQwenImageTransformer2DModel
     from .models.unet_2d_reward import LatentRewardAttention, RewardUNet2DConditionModel
     from .pipelines.pipeline_reward_edit import RewardEditPipeline
+    from .pipelines.pipeline_reward_flux_kontext import RewardFluxKontextPipeline
+    from .pipelines.pipeline_reward_qwenimage_edit import (
+        RewardQwenImageEditPipeline,
+        RewardQwenImageEditPlusPipeline,
+    )
     from .pipelines.pipeline_reward_smartedit import RewardSmartEditPipeline, SmartEditPipeline
 
 

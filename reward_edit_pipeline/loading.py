@@ -29,6 +29,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = OFFICIAL_REPO_ID
 #: key prefixes that only the official release's UNet carries (its reward modules)
 OFFICIAL_REWARD_KEY_PREFIXES: tuple[str, ...] = ("text_linear.", "proj_deal.")
+#: DiT editors (docs/dit.md): saved reward pipeline class → defining module; stock pipeline class → reward class
+DIT_REWARD_PIPELINES: dict[str, str] = {
+    "RewardFluxKontextPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_flux_kontext",
+    "RewardQwenImageEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
+    "RewardQwenImageEditPlusPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
+}
+DIT_STOCK_PIPELINES: dict[str, tuple[str, str]] = {
+    "FluxKontextPipeline": ("RewardFluxKontextPipeline", "from_flux_kontext"),
+    "QwenImageEditPipeline": ("RewardQwenImageEditPipeline", "from_qwen_image_edit"),
+    "QwenImageEditPlusPipeline": ("RewardQwenImageEditPlusPipeline", "from_qwen_image_edit"),
+}
 
 __all__ = [
     "HubUnavailableError",
@@ -51,7 +62,9 @@ def converted_cache_dir() -> Path:
 def detect_layout(folder: str | os.PathLike) -> str:
     """Classify a local folder: `"reward"` (saved RewardEditPipeline), `"smartedit"` (saved RewardSmartEditPipeline),
     `"official"` (official stage-2 folder),
-    `"official-root"` (the release root holding `stage2_reward_instruct_pix2pix/`), `"instruct-pix2pix"`.
+    `"official-root"` (the release root holding `stage2_reward_instruct_pix2pix/`), `"instruct-pix2pix"`,
+    `"reward-dit"` (a saved DiT reward pipeline, e.g. `RewardFluxKontextPipeline`) or `"stock-dit"` (a stock DiT
+    editor such as `FluxKontextPipeline`, see `DIT_STOCK_PIPELINES`).
 
     The one release-layout rule: the pipeline loaders and the trainer (`--pretrained_model_name_or_path`) call it.
     """
@@ -68,6 +81,13 @@ def detect_layout(folder: str | os.PathLike) -> str:
     model_index = json.loads(index_path.read_text(encoding="utf-8"))
     if "bridge" in model_index and "llm" in model_index:  # a saved RewardSmartEditPipeline (docs/smartedit.md)
         return "smartedit"
+    pipeline_class = model_index.get("_class_name")
+    if isinstance(pipeline_class, list) and pipeline_class:  # saved reward pipelines: [loader module, class]
+        pipeline_class = pipeline_class[-1]
+    if pipeline_class in DIT_REWARD_PIPELINES:
+        return "reward-dit"
+    if pipeline_class in DIT_STOCK_PIPELINES:
+        return "stock-dit"
     unet_entry = model_index.get("unet") or [None, None]
     if unet_entry[1] == "RewardUNet2DConditionModel":
         return "reward"
@@ -100,6 +120,8 @@ def load_local_pipeline(folder: str | os.PathLike, **kwargs: Any) -> RewardEditP
         from .pipelines.pipeline_reward_smartedit import RewardSmartEditPipeline
 
         return RewardSmartEditPipeline.from_pretrained(folder, **kwargs)
+    if layout in ("reward-dit", "stock-dit"):
+        return _load_dit_pipeline(folder, layout, **kwargs)
     if layout == "reward":
         return RewardEditPipeline.from_pretrained(folder, **kwargs)
     if layout == "official-root":
@@ -112,6 +134,25 @@ def load_local_pipeline(folder: str | os.PathLike, **kwargs: Any) -> RewardEditP
         folder,
     )
     return RewardEditPipeline.from_instruct_pix2pix(folder, **kwargs)
+
+
+def _load_dit_pipeline(folder: str | os.PathLike, layout: str, **kwargs: Any) -> Any:
+    import importlib
+
+    pipeline_class = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
+    pipeline_class = pipeline_class[-1] if isinstance(pipeline_class, list) else pipeline_class
+    if layout == "reward-dit":
+        module = importlib.import_module(DIT_REWARD_PIPELINES[pipeline_class])
+        return getattr(module, pipeline_class).from_pretrained(folder, **kwargs)
+    reward_class, wrap_method = DIT_STOCK_PIPELINES[pipeline_class]
+    logger.warning(
+        "%s is a stock %s: wrapped with zero-initialised reward modules, so the reward conditions have no effect "
+        "until the model is trained (reward-edit train --backbone ...)",
+        folder,
+        pipeline_class,
+    )
+    module = importlib.import_module(DIT_REWARD_PIPELINES[reward_class])
+    return getattr(getattr(module, reward_class), wrap_method)(folder, **kwargs)
 
 
 def convert_official(
@@ -153,18 +194,23 @@ def load_pipeline(
     torch_dtype: str | torch.dtype | None = None,
     revision: str | None = None,
     dtype: str | torch.dtype | None = None,
+    execution_device: str | torch.device | None = None,
 ) -> RewardEditPipeline:
     """Load a `RewardEditPipeline` from a local folder or a Hub repo id and move it to `device`/`dtype`.
 
     `device` and `dtype` (``torch_dtype`` is its older name) follow `reward_edit_pipeline.devices` (``"auto"``: CUDA
-    and float16 when available; float16 on the CPU is refused). The official repo id (`Gstar666/Reward-InsPix2Pix`,
+    and float16 when available; float16 on the CPU is refused, judged on `execution_device` when the caller moves
+    the pipeline there itself after loading). The official repo id (`Gstar666/Reward-InsPix2Pix`,
     the default) is converted once and cached. A path that does not exist raises `FileNotFoundError`; a repo id the
     Hub cannot serve raises `HubUnavailableError`.
     """
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
         raise ValueError(f"give `dtype` or `torch_dtype` (its older name), not both: got {dtype!r} and {torch_dtype!r}")
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, device)
+    # the CPU half-precision rule is about where the model runs: a caller that loads on the CPU and moves the model
+    # later (ComfyUI's model management) names that device as `execution_device`
+    run_on = resolve_device(execution_device, name="execution_device") if execution_device is not None else device
+    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, run_on)
     if os.path.isdir(model):
         pipe = load_local_pipeline(model, **{DTYPE_KWARG: dtype})
     elif os.path.exists(model):

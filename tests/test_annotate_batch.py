@@ -13,10 +13,7 @@ from reward_edit_pipeline.data import Triplet, store_rows
 from reward_edit_pipeline.judge import AnnotationStore, OpenAIJudge, annotate
 from reward_edit_pipeline.judge.batch import run_batch_annotation
 
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+pytestmark = pytest.mark.usefixtures("openai_api_key")
 
 
 def make_items(tmp_path: Path, instructions: list[str]) -> list[Triplet]:
@@ -48,7 +45,10 @@ def test_batch_results_equal_the_online_engine_and_files_are_split(tmp_path):
         assert len(server.batches) == 5  # 18 requests split 4 per file
         assert all(b["endpoint"] == "/v1/chat/completions" for b in server.batches.values())
         assert summary.requests == 18 and summary.final_items_done == 5 and summary.final_items_failed == 1
-        assert summary.prompt_tokens > 0 and summary.cost_usd is not None and summary.cost_usd > 0
+        assert summary.prompt_tokens > 18 * 255  # every request carries at least one image
+        # gpt-4o list prices, halved for the Batch API
+        expected_cost = (summary.prompt_tokens * 2.50 + summary.completion_tokens * 10.00) / 1e6 * 0.5
+        assert summary.cost_usd == pytest.approx(expected_cost)
         with AnnotationStore(tmp_path / "online.sqlite") as store:
             annotate(items, OpenAIJudge(base_url=server.base_url), store, progress=False)
         batch_lines = [

@@ -19,6 +19,8 @@ from reward_edit_pipeline.cli import main
 from reward_edit_pipeline.data import load_reward_records, store_rows
 from reward_edit_pipeline.judge import AnnotationStore
 
+pytestmark = pytest.mark.usefixtures("openai_api_key")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,11 +54,6 @@ def judgment_count(path: Path) -> int:
             return conn.execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
 
 
 def annotate_args(data: Path, store: Path, server: OpenAIServer, *extra: str) -> list[str]:

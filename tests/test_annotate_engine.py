@@ -13,6 +13,8 @@ from PIL import Image
 from reward_edit_pipeline.data import Triplet, iter_triplets, load_reward_records
 from reward_edit_pipeline.judge import AnnotationStore, FunctionJudge, OpenAIJudge, annotate
 
+pytestmark = pytest.mark.usefixtures("openai_api_key")
+
 # instruction directive -> the reason every perspective of that item must end with (None = done)
 FAULTS = {
     "": None,
@@ -54,11 +56,6 @@ def write_items(folder: Path, instructions: list[str]) -> Path:
     manifest = folder / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
 
 
 @pytest.fixture
@@ -196,7 +193,8 @@ def test_dry_run_counts_calls_and_cost_without_calling_or_writing(server, tmp_pa
         summary = annotate(items, fast_judge(server), store, dry_run=True, progress=False)
         assert server.chat_count == 0 and len(store) == 0
         assert summary.calls_planned == 9 and summary.estimated_prompt_tokens > 9 * 85
-        assert summary.estimated_cost_usd is not None and summary.estimated_cost_usd > 0
+        expected_cost = (summary.estimated_prompt_tokens * 2.50 + summary.estimated_completion_tokens * 10.00) / 1e6
+        assert summary.estimated_cost_usd == pytest.approx(expected_cost)  # gpt-4o list prices per million tokens
         assert "9 calls" in summary.format()
         combined = annotate(items, fast_judge(server, combined=True), store, dry_run=True, progress=False)
         assert combined.calls_planned == 3

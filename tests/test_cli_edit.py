@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
 from reward_edit_pipeline import RewardEditPipeline
@@ -17,13 +19,14 @@ from reward_edit_pipeline.loading import HubUnavailableError, detect_layout, loa
 from reward_edit_pipeline.testing import (
     save_dummy_instruct_pix2pix_folder,
     save_dummy_official_folder,
-    save_dummy_pipeline,
 )
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return save_dummy_pipeline(tmp_path_factory.mktemp("tiny_model"))
+
+@pytest.fixture
+def tiny_model(tiny_pipeline_folder) -> Path:
+    return tiny_pipeline_folder  # the session's saved tiny pipeline (tests/conftest.py)
 
 
 @pytest.fixture()
@@ -31,6 +34,15 @@ def photo(tmp_path) -> Path:
     path = tmp_path / "photo.jpg"
     Image.fromarray(np.random.RandomState(0).randint(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
     return path
+
+
+def tiny_edit(pipe) -> np.ndarray:
+    """A 2-step seeded edit of a fixed 32×32 image (rewards (4, 5, 3) where the pipeline takes rewards)."""
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray(np.random.RandomState(1).randint(0, 256, (32, 32, 3), dtype=np.uint8))
+    rewards = {"reward_scores": (4, 5, 3)} if isinstance(pipe, RewardEditPipeline) else {}
+    generator = torch.Generator().manual_seed(0)
+    return pipe("make it blue", image, num_inference_steps=2, generator=generator, output_type="np", **rewards).images
 
 
 def closed_port_endpoint() -> str:
@@ -105,16 +117,27 @@ def test_layouts_are_detected_and_loaded(tmp_path, tiny_model):
     assert detect_layout(tiny_model) == "reward"
     assert detect_layout(official) == "official"
     assert detect_layout(ip2p) == "instruct-pix2pix"
-    for folder in (tiny_model, official, ip2p):
-        assert isinstance(load_pipeline(str(folder), device="cpu"), RewardEditPipeline)
+    edits = {}
+    for name, folder in (("reward", tiny_model), ("official", official), ("instruct-pix2pix", ip2p)):
+        loaded = load_pipeline(str(folder), device="cpu")
+        assert type(loaded) is RewardEditPipeline
+        edits[name] = tiny_edit(loaded)
+    # all three tiny folders come from seed 0: the official layout holds the same weights as the reward folder, and
+    # an InstructPix2Pix folder loads with zero-initialised reward modules, so it edits like the stock pipeline
+    np.testing.assert_array_equal(edits["official"], edits["reward"])
+    stock = StableDiffusionInstructPix2PixPipeline.from_pretrained(ip2p, safety_checker=None)
+    np.testing.assert_array_equal(edits["instruct-pix2pix"], tiny_edit(stock))
+    assert np.abs(edits["instruct-pix2pix"] - edits["reward"]).max() > 1e-3  # the rewards of the others do act
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         detect_layout(tmp_path)
 
 
-def test_convert_official_writes_a_reward_pipeline_folder(tmp_path):
-    official = save_dummy_official_folder(tmp_path / "official")
+def test_convert_official_writes_a_reward_pipeline_folder_that_edits_the_same(tmp_path):
+    official = save_dummy_official_folder(tmp_path / "official", seed=1)
     assert main(["convert-official", str(official), "-o", str(tmp_path / "converted")]) == 0
     assert detect_layout(tmp_path / "converted") == "reward"
+    converted = tiny_edit(RewardEditPipeline.from_pretrained(tmp_path / "converted"))
+    np.testing.assert_array_equal(converted, tiny_edit(RewardEditPipeline.from_official(official)))
 
 
 def test_unknown_hub_repo_without_network_raises_hub_unavailable(monkeypatch, tmp_path):

@@ -39,7 +39,7 @@ from reward_edit_pipeline.comfy_nodes.core import (
 from reward_edit_pipeline.comfy_nodes.specs import NODE_SPECS
 from reward_edit_pipeline.comfy_nodes.v1 import v1_input_types
 
-from reward_edit_pipeline.judge.base import FunctionJudge
+from reward_edit_pipeline.judge import FunctionJudge
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_IDS = ["RewardEditLoader", "RewardCondition", "RewardEdit", "RewardJudge"]
@@ -470,7 +470,7 @@ def fake_comfy(monkeypatch, tmp_path, pipeline):
     fake.install(monkeypatch, root)
     loads = []
 
-    def load_pipeline(source, torch_dtype=None, device=None):
+    def load_pipeline(source, torch_dtype=None, device=None, execution_device=None):
         loads.append((source, torch_dtype))
         return pipeline
 

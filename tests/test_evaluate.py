@@ -27,20 +27,10 @@ INSTRUCTIONS = {
     "chelsea.png": ["2. Remove: remove the cat", "7. Style: paint it like Van Gogh"],
     "coffee.png": ["3. Add: add a spoon next to the cup", "5. Background: put the cup on a wooden table"],
 }
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models run faster on one thread
 N_ITEMS = 6
 # tiny sizes: long side 32, multiples of 16 (the dummy UNet halves the 1/8 latent once)
 FAST = ["--steps", "2", "--resolution", "32", "--multiple", "16", "--no-progress", "--bootstrap", "200"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run faster on one thread, especially on a shared, busy CPU."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +53,8 @@ def bench(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture()
-def server(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
-    with OpenAIServer() as running:
-        yield running
-
-
-def test_evaluate_cli_two_models_writes_full_report_and_rerun_makes_zero_calls(models, bench, server, tmp_path):
+def test_evaluate_cli_two_models_writes_full_report_and_rerun_makes_zero_calls(models, bench, openai_server, tmp_path):
+    server = openai_server
     out = tmp_path / "eval"
     argv = ["evaluate", "--bench", str(bench), "--model", models[0], "--model", models[1], "--out", str(out)]
     argv += ["--base-url", server.base_url, "--judge-model", "judge-test", "--compare", *FAST]
@@ -128,7 +112,8 @@ def test_evaluate_cli_two_models_writes_full_report_and_rerun_makes_zero_calls(m
     assert {p: p.read_bytes() for p in (out / "edits").rglob("*.png")} == edits_before
 
 
-def test_failed_judgments_are_counted_then_retried_to_the_uninterrupted_result(models, bench, server, tmp_path):
+def test_failed_judgments_are_counted_then_retried_to_the_uninterrupted_result(models, bench, openai_server, tmp_path):
+    server = openai_server
     generation = GenerationConfig(steps=2, resolution=32, multiple=16)
 
     def config(out: Path) -> EvaluationConfig:
@@ -182,8 +167,9 @@ def test_evaluate_cli_reports_bad_input_with_exit_code_2(bench, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_evaluate_killed_during_judging_resumes_without_repeating_finished_calls(models, bench, tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+def test_evaluate_killed_during_judging_resumes_without_repeating_finished_calls(
+    models, bench, tmp_path, openai_api_key
+):
     argv = ["evaluate", "--bench", str(bench), "--model", models[0], "--base-url", "URL", "--concurrency", "2", *FAST]
     with OpenAIServer() as server:
         reference_argv = [*argv, "--out", str(tmp_path / "reference")]

@@ -307,6 +307,7 @@ def test_report_counts_failed_judgments_and_computes_accuracy_per_type():
 
 
 def test_clip_and_dino_metrics_run_from_local_folders(tmp_path):
+    import torch
     from transformers import (
         CLIPConfig,
         CLIPImageProcessor,
@@ -319,7 +320,6 @@ def test_clip_and_dino_metrics_run_from_local_folders(tmp_path):
 
     from reward_edit_pipeline.testing import get_dummy_tokenizer
 
-    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     tokenizer = get_dummy_tokenizer()
     tower = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)

@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-from hub_server import point_clients_at, running_hub
 from PIL import Image
 from reward_edit_pipeline.hub.push_dataset import (
     COLUMNS,
@@ -15,7 +14,7 @@ from reward_edit_pipeline.hub.push_dataset import (
     stage_dataset_folder,
 )
 
-TOKEN = "hf_test_write_token"
+from reward_edit_pipeline.records import RewardRecord
 
 
 def _image_bytes(seed: int, fmt: str) -> bytes:
@@ -30,27 +29,21 @@ def make_rows(count: int = 5) -> list[RewardRow]:
     for index in range(count):
         rows.append(
             RewardRow(
-                item_id=f"triplet-{index:03d}",
+                reward=RewardRecord(
+                    item_id=f"triplet-{index:03d}",
+                    scores=(5.0 - index % 6, 2.5, float(index % 4)),
+                    failure_texts=("" if index % 2 else "the sky is still blue", "", "blurry clouds"),
+                ),
                 instruction=f"make the sky number {index} purple",
                 original_image=_image_bytes(2 * index, "PNG"),
                 original_filename=f"{index}_0.png",
                 edited_image=_image_bytes(2 * index + 1, "JPEG"),
                 edited_filename=f"{index}_1.jpg",
-                scores=(5.0 - index % 6, 2.5, float(index % 4)),
-                failure_texts=("" if index % 2 else "the sky is still blue", "", "blurry clouds"),
                 judge_model="gpt-4o-2024-05-13",
                 prompt_id="reward-edit-v1",
             )
         )
     return rows
-
-
-@pytest.fixture()
-def hub(tmp_path, monkeypatch):
-    with running_hub() as state:
-        point_clients_at(state.endpoint, monkeypatch, tmp_path / "hf-cache")
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        yield state
 
 
 def _assert_rows_equal(dataset, rows: list[RewardRow]) -> None:
@@ -64,12 +57,12 @@ def _assert_rows_equal(dataset, rows: list[RewardRow]) -> None:
         assert record["instruction"] == row.instruction
         assert record["original"]["bytes"] == row.original_image
         assert record["edited"]["bytes"] == row.edited_image
-        assert (record["following_score"], record["preserving_score"], record["quality_score"]) == row.scores
+        assert (record["following_score"], record["preserving_score"], record["quality_score"]) == row.reward.scores
         assert (
             record["following_failure"],
             record["preserving_failure"],
             record["quality_failure"],
-        ) == row.failure_texts
+        ) == row.reward.failure_texts
         assert record["judge_model"] == row.judge_model and record["prompt_id"] == row.prompt_id
 
 
@@ -137,9 +130,16 @@ def test_push_dataset_dry_run_writes_folder_without_token_or_network(tmp_path, m
     ]
 
 
-def test_reward_row_rejects_out_of_range_score():
-    with pytest.raises(ValueError, match=r"following score must be in \[0, 5\]"):
-        RewardRow("k", "i", b"x", "a.png", b"y", "b.png", (5.5, 1, 1), ("", "", ""), "m", "p")
+def test_reward_row_takes_a_reward_record_with_an_id_and_image_bytes():
+    record = RewardRecord(scores=(5, 1, 1), item_id="k")
+    images = {"original_image": b"x", "original_filename": "a.png", "edited_image": b"y", "edited_filename": "b.png"}
+    assert RewardRow(reward=record, instruction="i", **images).to_example()["following_score"] == 5.0
+    with pytest.raises(TypeError, match="must be a RewardRecord"):
+        RewardRow(reward=((5, 1, 1), ("", "", "")), instruction="i", **images)
+    with pytest.raises(ValueError, match="item_id"):
+        RewardRow(reward=RewardRecord(scores=(5, 1, 1)), instruction="i", **images)
+    with pytest.raises(ValueError, match="`edited_image` must be the non-empty bytes"):
+        RewardRow(reward=record, instruction="i", **{**images, "edited_image": b""})
 
 
 def _make_store(tmp_path, count: int = 3):

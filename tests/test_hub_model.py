@@ -8,12 +8,10 @@ import re
 import numpy as np
 import pytest
 import torch
-from hub_server import point_clients_at, running_hub
 from PIL import Image
 from reward_edit_pipeline.hub._common import PickleFileError
 from reward_edit_pipeline.hub.push_model import push_model
 
-TOKEN = "hf_test_write_token"
 REPO = "tester/reward-edit-tiny"
 
 
@@ -41,14 +39,6 @@ def saved_pipeline(tmp_path_factory):
     local = RewardEditPipeline.from_pretrained(folder)
     local.set_progress_bar_config(disable=True)
     return folder, edit(local)
-
-
-@pytest.fixture()
-def hub(tmp_path, monkeypatch):
-    with running_hub() as state:
-        point_clients_at(state.endpoint, monkeypatch, tmp_path / "hf-cache")
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        yield state
 
 
 def test_pull_downloads_a_pushed_model_that_loads_and_edits_identically(hub, saved_pipeline):
@@ -113,7 +103,7 @@ def test_pushed_model_loads_with_diffusion_pipeline_and_trust_remote_code(hub, s
     np.testing.assert_array_equal(edit(pipe), expected)
 
 
-def test_model_card_metadata_snippets_training_and_eval_tables(hub, saved_pipeline, tmp_path):
+def test_model_card_metadata_snippets_training_and_eval_tables(hub, hub_token, saved_pipeline, tmp_path):
     from huggingface_hub import ModelCard
 
     folder, _ = saved_pipeline
@@ -128,7 +118,7 @@ def test_model_card_metadata_snippets_training_and_eval_tables(hub, saved_pipeli
     assert f'DiffusionPipeline.from_pretrained("{REPO}", trust_remote_code=True)' in card.text
     assert "| `learning_rate` | 5e-05 |" in card.text and "| `max_train_steps` | 10000 |" in card.text
     assert "| following_accuracy | 0.91 |" in card.text
-    assert TOKEN not in (staged / "README.md").read_text()
+    assert hub_token not in (staged / "README.md").read_text()
 
 
 def _run_card_block(index: int, tmp_path, monkeypatch) -> dict:

@@ -9,21 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubState, point_clients_at, running_hub
+from hub_server import HubState, running_hub
 from reward_edit_pipeline.hub._common import HubTokenError
 from reward_edit_pipeline.hub.pull import download_model, download_official_annotations
 from reward_edit_pipeline.hub.push_dataset import push_dataset, stage_dataset_folder
 from test_hub_dataset import make_rows
-
-TOKEN = "hf_test_write_token"
-
-
-@pytest.fixture()
-def hub(tmp_path, monkeypatch):
-    with running_hub() as state:
-        point_clients_at(state.endpoint, monkeypatch, tmp_path / "hf-cache")
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        yield state
 
 
 def test_push_without_any_token_raises_before_contacting_the_hub(hub, monkeypatch):
@@ -109,14 +99,14 @@ def test_gated_official_dataset_explains_the_access_step(hub, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_in_a_fresh_process_reaches_the_hub_named_by_hf_endpoint(tmp_path):
+def test_cli_in_a_fresh_process_reaches_the_hub_named_by_hf_endpoint(tmp_path, hub_token):
     """No patching: the variables a user would set are enough (huggingface_hub reads them at import)."""
     source = stage_dataset_folder(make_rows(2), "tester/rewards", tmp_path / "source")
     with running_hub(HubState()) as state:
         env = {
             **os.environ,
             "HF_ENDPOINT": state.endpoint,
-            "HF_TOKEN": TOKEN,
+            "HF_TOKEN": hub_token,
             "HF_HOME": str(tmp_path / "hf-home"),
             "HF_HUB_DISABLE_XET": "1",  # the loopback server speaks the legacy LFS protocol only
         }
@@ -124,7 +114,7 @@ def test_cli_in_a_fresh_process_reaches_the_hub_named_by_hf_endpoint(tmp_path):
         completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert completed.returncode == 0, completed.stderr
         assert "pushed" in completed.stdout
-        assert TOKEN not in completed.stdout + completed.stderr
+        assert hub_token not in completed.stdout + completed.stderr
         again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and "no new commit" in again.stdout
         assert len(state.commits("tester/rewards", "dataset")) == 2  # initial + one push

@@ -13,6 +13,8 @@ from PIL import Image
 
 from reward_edit_pipeline.judge import FunctionJudge, OpenAIJudge, parse_retry_after
 
+pytestmark = pytest.mark.usefixtures("openai_api_key")
+
 ORIGINAL = Image.new("RGB", (64, 48), (200, 20, 20))
 EDITED = Image.new("RGB", (64, 48), (20, 200, 20))
 
@@ -21,11 +23,6 @@ EDITED = Image.new("RGB", (64, 48), (20, 200, 20))
 def server():
     with OpenAIServer(retry_after="0.3", slow_seconds=1.0) as running:
         yield running
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-value")
 
 
 def make_judge(server, **kwargs):
@@ -54,8 +51,11 @@ def test_result_records_snapshot_prompt_ids_usage_and_order(server):
     assert [j.perspective for j in result.judgments] == ["following", "preserving", "quality"]
     assert result.model == "gpt-4o-2024-08-06"
     assert result.prompt_ids == {"following": "following-v1", "preserving": "preserving-v1", "quality": "quality-v1"}
-    assert all(j.prompt_tokens > 0 and j.completion_tokens > 0 for j in result.judgments)
     for judgment in result.judgments:
+        # the usage the loopback server reported for this perspective's request (its formula, see openai_server.py)
+        (request,) = [r for r in server.chat_requests if r.perspective == judgment.perspective]
+        assert judgment.prompt_tokens == len(request.text) // 4 + 255 * len(request.images)
+        assert judgment.completion_tokens == len(judgment.raw_reply) // 4 + 1
         assert 0 <= judgment.score <= 5 and judgment.verdict in ("yes", "no")
         assert json.loads(judgment.raw_reply)["score"] == judgment.score
 

@@ -6,16 +6,11 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train_fixtures import single_torch_thread  # noqa: E402, F401  (autouse: one thread on a shared CPU)
 
 from reward_edit_pipeline.models.smartedit_bridge import SmartEditBridge
 from reward_edit_pipeline.pipelines.pipeline_reward_smartedit import RewardSmartEditPipeline, conv_in_residual
@@ -28,6 +23,8 @@ from reward_edit_pipeline.testing_smartedit import (
     get_dummy_smartedit_components,
     get_dummy_smartedit_pipeline,
 )
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models run faster on one thread
 
 
 @pytest.fixture(scope="module")
@@ -521,7 +518,7 @@ def _train_argv(saved_folder, data, rewards, output, *extra, steps: int = 3):
 
 def test_training_stage2_runs_and_resumes_bitwise(saved_folder, tmp_path, image):
     from safetensors.torch import load_file
-    from test_train_fixtures import write_official_rewards, write_triplet_folder  # noqa: I001
+    from training_data import write_official_rewards, write_triplet_folder
 
     from reward_edit_pipeline.cli import main
 

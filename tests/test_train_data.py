@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,10 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
-
-sys.path.insert(0, str(Path(__file__).parent))
-from reward_edit_pipeline.train.data import (  # noqa: E402
+from reward_edit_pipeline.train.data import (
     EpochShuffleSampler,
     SkipCounter,
     TrainingExample,
@@ -22,10 +18,18 @@ from reward_edit_pipeline.train.data import (  # noqa: E402
     attach_rewards,
     collate_training_batch,
 )
-from reward_edit_pipeline.train.sources import load_training_examples  # noqa: E402
-from test_train_fixtures import single_torch_thread, write_official_rewards, write_triplet_folder  # noqa: E402, F401
+from reward_edit_pipeline.train.sources import load_training_examples
+from torch.utils.data import DataLoader
+from training_data import write_official_rewards, write_triplet_folder
 
-from reward_edit_pipeline.testing import get_dummy_tokenizer  # noqa: E402
+from reward_edit_pipeline.records import RewardRecord
+from reward_edit_pipeline.testing import get_dummy_tokenizer
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def reward(scores: tuple[float, float, float], failure_texts: tuple[str, str, str]) -> RewardRecord:
+    return RewardRecord(scores=scores, failure_texts=failure_texts)
 
 
 def _examples(tmp_path: Path) -> list[TrainingExample]:
@@ -41,12 +45,18 @@ def _examples(tmp_path: Path) -> list[TrainingExample]:
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(truncated, quality=90)
     truncated.write_bytes(truncated.read_bytes()[:200])
     return [
-        TrainingExample("ok", "make it red", paths["good"], paths["other"], (5.0, 4.0, 3.0), "None; None; None"),
-        TrainingExample("corrupt", "x", paths["good"], corrupt, (1.0, 1.0, 1.0), "a; b; c"),
-        TrainingExample("missing", "x", tmp_path / "nope.png", paths["good"], (1.0, 1.0, 1.0), "a; b; c"),
-        TrainingExample("mismatch", "x", paths["good"], paths["small"], (1.0, 1.0, 1.0), "a; b; c"),
-        TrainingExample("truncated", "x", paths["good"], truncated, (1.0, 1.0, 1.0), "a; b; c"),
-        TrainingExample("bytes", "make it blue", paths["good"].read_bytes(), paths["other"], (2.0, 2.0, 2.0), "x"),
+        TrainingExample("ok", "make it red", paths["good"], paths["other"], reward((5.0, 4.0, 3.0), ("", "", ""))),
+        TrainingExample("corrupt", "x", paths["good"], corrupt, reward((1.0, 1.0, 1.0), ("a", "b", "c"))),
+        TrainingExample("missing", "x", tmp_path / "nope.png", paths["good"], reward((1.0, 1.0, 1.0), ("a", "b", "c"))),
+        TrainingExample("mismatch", "x", paths["good"], paths["small"], reward((1.0, 1.0, 1.0), ("a", "b", "c"))),
+        TrainingExample("truncated", "x", paths["good"], truncated, reward((1.0, 1.0, 1.0), ("a", "b", "c"))),
+        TrainingExample(
+            "bytes",
+            "make it blue",
+            paths["good"].read_bytes(),
+            paths["other"],
+            reward((2.0, 2.0, 2.0), ("x", "y", "z")),
+        ),
     ]
 
 
@@ -92,11 +102,17 @@ def test_triplets_without_reward_records_are_skipped_and_counted(tmp_path):
     assert first.failure_text == "; ".join(texts)  # following; preserving; quality
 
 
-def test_attach_rewards_rejects_out_of_range_scores():
-    record = SimpleNamespace(scores=(5.0, 6.0, 1.0), failure_texts=("a", None, None))
+def test_attach_rewards_gives_each_example_its_record_and_takes_only_reward_records():
     example = TrainingExample("k", "x", "o.png", "e.png")
+    record = RewardRecord(scores=(5.0, 4.0, 1.0), failure_texts=("a", "", "c"), item_id="k")
+    (joined,) = attach_rewards([example], {"k": record}, SkipCounter())
+    assert joined.reward is record and joined.reward_scores == (5.0, 4.0, 1.0) and joined.failure_text == "a; None; c"
+    assert example.reward is None and example.failure_text is None  # the input example is left as it was
     with pytest.raises(ValueError, match=r"preserving score must be a finite number in \[0, 5\]"):
-        attach_rewards([example], {"k": record}, SkipCounter())
+        RewardRecord(scores=(5.0, 6.0, 1.0), failure_texts=("a", "", ""))  # out-of-range rewards never get this far
+    untyped = SimpleNamespace(scores=(5.0, 5.0, 1.0), failure_texts=("a", "", ""))
+    with pytest.raises(TypeError, match="must be a RewardRecord, got SimpleNamespace"):
+        attach_rewards([example], {"k": untyped}, SkipCounter())
 
 
 def test_epoch_sampler_depends_only_on_seed_and_epoch():
@@ -117,7 +133,7 @@ def test_latent_cache_rows_equal_direct_encoding(tmp_path):
     components = get_dummy_components(seed=0)
     examples = [example for example in _examples(tmp_path) if example.key in ("ok", "corrupt", "bytes")]
     dataset = TripletDataset(examples, components["tokenizer"], resolution=32, with_rewards=True)
-    assert dataset.failure_texts == ["None; None; None", "a; b; c", "x"]
+    assert dataset.failure_texts == ["None; None; None", "a; b; c", "x; y; z"]
     accelerator = SimpleNamespace(
         is_main_process=True, process_index=0, num_processes=1, wait_for_everyone=lambda: None
     )
@@ -132,7 +148,7 @@ def test_latent_cache_rows_equal_direct_encoding(tmp_path):
     item = dataset[2]
     with torch.no_grad():
         distribution = vae.encode(item["edited_pixel_values"][None].flip(-1)).latent_dist
-        pooled = text_encoder(tokenize(tokenizer, ["x"]))[1]
+        pooled = text_encoder(tokenize(tokenizer, ["x; y; z"]))[1]
     torch.testing.assert_close(row["edited_latent_mean_flipped"], distribution.mean[0])
     torch.testing.assert_close(row["edited_latent_std_flipped"], distribution.std[0])
     torch.testing.assert_close(row["failure_text_embeds"], pooled[0], atol=1e-5, rtol=1e-5)
@@ -158,7 +174,10 @@ def test_a_saved_datasets_folder_is_read_through_dataset_name(tmp_path):
     examples = load_training_examples(args, SkipCounter())
     assert [(e.key, e.instruction) for e in examples] == [(keys[0], "a"), (keys[1], "b")]
     item = TripletDataset(examples, get_dummy_tokenizer(), resolution=16, with_rewards=False)[1]
-    assert item["original_pixel_values"].shape == (3, 16, 16)
+    # the 32x32 JPEG of the second row, resized by PIL to 16x16 (square: no crop) and scaled to [-1, 1]
+    expected = Image.open(rows["original"][1]).convert("RGB").resize((16, 16), Image.Resampling.LANCZOS)
+    expected = torch.from_numpy(np.asarray(expected, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    torch.testing.assert_close(item["original_pixel_values"], expected)
 
 
 def test_failure_text_encoding_matches_the_pipeline_encoding():

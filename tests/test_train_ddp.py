@@ -10,11 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from training_data import write_official_rewards, write_triplet_folder
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_fixtures import write_official_rewards, write_triplet_folder  # noqa: E402
-
-from reward_edit_pipeline.testing import save_dummy_instruct_pix2pix_folder  # noqa: E402
+from reward_edit_pipeline.testing import save_dummy_instruct_pix2pix_folder
 
 pytestmark = pytest.mark.slow
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reward_edit_pipeline.train.args import parse_args
+from reward_edit_pipeline.train.train import main, train
+from training_data import write_official_rewards, write_triplet_folder
 
-sys.path.insert(0, str(Path(__file__).parent))
-from reward_edit_pipeline.train.args import parse_args  # noqa: E402
-from reward_edit_pipeline.train.train import main, train  # noqa: E402
-from test_train_fixtures import single_torch_thread, write_official_rewards, write_triplet_folder  # noqa: E402, F401
-
-from reward_edit_pipeline.testing import (  # noqa: E402
+from reward_edit_pipeline.testing import (
     save_dummy_instruct_pix2pix_folder,
     save_dummy_text_to_image_folder,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -173,11 +170,20 @@ def test_stage2_output_loads_into_the_pipeline_and_edits_an_image(workspace, tmp
     for frozen in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
         assert _sha256(output / frozen) == _sha256(workspace / "ip2p" / frozen), frozen  # saved unchanged
     pipe.set_progress_bar_config(disable=True)
+    settings = {"num_inference_steps": 2, "image_guidance_scale": 1.5, "guidance_scale": 7.5}  # log_validation's
     edited = pipe(
-        "invert the red", image=image, reward_scores=(5, 5, 5), num_inference_steps=2, output_type="np",
-        generator=torch.Generator().manual_seed(0),
-    ).images  # fmt: skip
-    assert edited.shape == (1, 32, 32, 3) and np.isfinite(edited).all()
+        "invert the red", image=image, reward_scores=(5, 5, 5), generator=torch.Generator().manual_seed(42), **settings
+    ).images[0]  # fmt: skip
+    # the step-2 validation edit was made in training by the final weights (seed 42 = --seed): the saved folder
+    # reproduces it (PNG rounding aside), and it differs from what the untrained InstructPix2Pix model gives
+    validation = np.asarray(Image.open(output / "validation" / "step-0000002-0.png"), dtype=np.int16)
+    assert np.abs(np.asarray(edited, dtype=np.int16) - validation).max() <= 1
+    untrained = RewardEditPipeline.from_instruct_pix2pix(workspace / "ip2p")
+    untrained.set_progress_bar_config(disable=True)
+    before = untrained(
+        "invert the red", image=image, reward_scores=(5, 5, 5), generator=torch.Generator().manual_seed(42), **settings
+    ).images[0]  # fmt: skip
+    assert np.abs(np.asarray(before, dtype=np.int16) - validation).max() > 1
     summary = json.loads((output / "train_summary.json").read_text())
     assert "added zero-initialized reward modules" in summary["base_model_handling"]
 

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from reward_edit_pipeline.train.step import LossContext, training_loss
 
-sys.path.insert(0, str(Path(__file__).parent))
-from reward_edit_pipeline.train.step import LossContext, training_loss  # noqa: E402
-from test_train_fixtures import single_torch_thread  # noqa: E402, F401
+from reward_edit_pipeline.testing import get_dummy_components
 
-from reward_edit_pipeline.testing import get_dummy_components  # noqa: E402
-
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 ROWS = 24
 
 

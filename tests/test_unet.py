@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 from parity_weights import PARITY_DIR, write_official_unet_folder
 from safetensors.torch import load_file
 
 from reward_edit_pipeline import RewardUNet2DConditionModel
-from reward_edit_pipeline.models.unet_2d_reward import OFFICIAL_TO_OURS_PREFIXES, LatentRewardAttention
+from reward_edit_pipeline.models.unet_2d_reward import (
+    OFFICIAL_TO_OURS_PREFIXES,
+    REWARD_MODULE_PREFIXES,
+    LatentRewardAttention,
+)
 from reward_edit_pipeline.testing import TEXT_WIDTH, get_dummy_unet_config
 
 
@@ -165,9 +168,9 @@ def test_widths_come_from_the_config():
         attention_head_dim=4,
         failure_text_embed_dim=40,
     )
-    assert unet.reward_time_embedding.linear_2.out_features == 256  # 4 × block_out_channels[0]
-    assert unet.reward_token_embedding.linear_2.out_features == 64
-    assert unet.failure_text_token_proj.in_features == 40
+    assert unet.reward_conditioner.reward_time_embedding.linear_2.out_features == 256  # 4 × block_out_channels[0]
+    assert unet.reward_conditioner.reward_token_embedding.linear_2.out_features == 64
+    assert unet.reward_conditioner.failure_text_token_proj.in_features == 40
     assert unet.latent_reward_attention.proj_in.in_channels == 64
     out = unet(
         torch.randn(1, 8, 8, 8),
@@ -230,9 +233,10 @@ def test_gradient_checkpointing_and_backward_reach_every_reward_module():
     unet.enable_gradient_checkpointing()
     unet(**tiny_inputs()).sample.square().mean().backward()
     for prefix in (
-        "reward_time_embedding",
-        "reward_token_embedding",
-        "failure_text_time_proj",
+        "reward_conditioner.reward_time_embedding",
+        "reward_conditioner.reward_token_embedding",
+        "reward_conditioner.failure_text_time_proj",
+        "reward_conditioner.failure_text_token_proj",
         "latent_reward_attention",
     ):
         # (the key bias adds the same logit to every key, so softmax ignores it: its gradient is exactly zero)
@@ -254,15 +258,24 @@ def test_attention_processors_and_lora_adapters_keep_working():
         with_lora = unet(**inputs).sample
     assert (with_lora - reference).abs().max() > 1e-5
     unet.disable_adapters()
-    with torch.no_grad():  # conv_in is now wrapped by LoRA: the reward block must still run exactly once
+    with torch.no_grad():  # conv_in is wrapped by LoRA: disabled adapters give the reference output back
         assert torch.allclose(unet(**inputs).sample, reference, atol=1e-5)
 
 
 def test_sinusoid_uses_cos_then_sin_per_score_like_the_official_code():
     unet = RewardUNet2DConditionModel.from_unet(tiny_base_unet())
-    features = unet.reward_sinusoid(torch.tensor([2.5]))
+    features = unet.reward_conditioner.reward_sinusoid(torch.tensor([2.5]))
     frequencies = torch.exp(-math.log(10000) * torch.arange(128) / 128)
     assert torch.allclose(features[0, :128], torch.cos(2.5 * frequencies), atol=1e-6)
     assert torch.allclose(features[0, 128:], torch.sin(2.5 * frequencies), atol=1e-6)
-    assert F.mse_loss(features, features) == 0
-    assert [old for old, _ in OFFICIAL_TO_OURS_PREFIXES].count("add_embedding.") == 1
+    assert features.shape == (1, 256)
+
+
+def test_official_key_prefixes_map_one_to_one_onto_existing_modules():
+    unet = RewardUNet2DConditionModel.from_unet(tiny_base_unet())
+    ours = [new for _, new in OFFICIAL_TO_OURS_PREFIXES]
+    assert len(set(ours)) == len(ours) == len({old for old, _ in OFFICIAL_TO_OURS_PREFIXES})
+    keys = list(unet.state_dict())
+    assert all(any(key.startswith(prefix) for key in keys) for prefix in ours)
+    reward_keys = [key for key in keys if key.startswith(REWARD_MODULE_PREFIXES)]
+    assert all(any(key.startswith(prefix) for prefix in ours) for key in reward_keys)

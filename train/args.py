@@ -34,12 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--stage",
         type=int,
-        required=True,
+        default=None,
         choices=(1, 2),
         help=(
             "1: InstructPix2Pix from a text-to-image Stable Diffusion checkpoint (UNet conv_in widened 4 -> 8 channels, "
             "new channels zero-initialized). 2: multi-reward fine-tuning (RewardUNet2DConditionModel) from a stage-1 "
-            "InstructPix2Pix checkpoint or a reward-edit pipeline folder."
+            "InstructPix2Pix checkpoint or a reward-edit pipeline folder. Required for --backbone sd15 (the default)."
         ),
     )
     group.add_argument(
@@ -49,16 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Base pipeline folder or Hub id (stage 1: text-to-image SD; stage 2: InstructPix2Pix or reward-edit).",
     )
     group.add_argument("--revision", type=str, default=None, help="Hub revision of the base model.")
-    group.add_argument(
-        "--backbone",
-        type=str,
-        default="sd",
-        choices=("sd", "smartedit"),
-        help=(
-            "sd: the InstructPix2Pix UNet (default). smartedit: stage 2 of a converted SmartEdit folder (frozen MLLM; "
-            "bridge and reward UNet trained; float32, one process; docs/smartedit.md)."
-        ),
-    )
 
     group = parser.add_argument_group("data")
     group.add_argument(
@@ -208,6 +198,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--validation_inference_steps", type=int, default=20, help="Denoising steps per validation edit."
     )
 
+    from .dit import add_dit_arguments  # --backbone and the DiT flags (FLUX.1 Kontext, Qwen-Image-Edit)
+
+    add_dit_arguments(parser)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -225,6 +219,7 @@ def _require(condition: bool, message: str) -> None:
 
 def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     """Check argument combinations and ranges; raise `ValueError` naming the flag and the accepted range."""
+    _require(args.stage in (1, 2), f"--stage is required (1 or 2) for --backbone sd15, got {args.stage}")
     _require(
         (args.train_data_dir is None) != (args.dataset_name is None),
         "give exactly one of --train_data_dir or --dataset_name "
@@ -311,6 +306,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.backbone not in ("sd15", "smartedit"):
+            from .dit import validate_dit_args
+
+            return validate_dit_args(args)
         return validate_args(args)
     except ValueError as error:
         parser.error(str(error))

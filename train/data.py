@@ -6,11 +6,12 @@ drops it from the batch and reports it, and the training loop counts it (`SkipCo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
-from ..rewards import validate_score_triple
+from ..images import to_rgb_image
+from ..records import RewardRecord
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +39,23 @@ ImageSource = Any
 
 @dataclass(frozen=True)
 class TrainingExample:
-    """One editing triplet, with its rewards for stage 2 (scores in following, preserving, quality order)."""
+    """One editing triplet as training reads it (images not decoded yet), with its rewards in stage 2."""
 
     key: str
     instruction: str
     original_image: ImageSource
     edited_image: ImageSource
-    reward_scores: tuple[float, float, float] | None = None
-    failure_text: str | None = None
+    reward: RewardRecord | None = None
+
+    @property
+    def reward_scores(self) -> tuple[float, float, float] | None:
+        """Following, preserving, quality (stage 2), else ``None``."""
+        return self.reward.scores if self.reward is not None else None
+
+    @property
+    def failure_text(self) -> str | None:
+        """The joined failure text the model is conditioned on (stage 2), else ``None``."""
+        return self.reward.failure_text if self.reward is not None else None
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,7 @@ def load_rgb_image(source: ImageSource) -> Image.Image:
         else:
             raise ImageLoadError(SKIP_UNREADABLE_IMAGE, f"unsupported image type {type(source).__name__}")
         image.load()  # decode now, so truncated files fail here and not later
-        return image.convert("RGB")
+        return to_rgb_image(image)  # the package's one image rule: EXIF, alpha on white, 16-bit scaled
     except ImageLoadError:
         raise
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
@@ -252,28 +263,17 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 def attach_rewards(
-    examples: Sequence[TrainingExample], reward_records: dict[str, Any], skips: SkipCounter
+    examples: Sequence[TrainingExample], reward_records: Mapping[str, RewardRecord], skips: SkipCounter
 ) -> list[TrainingExample]:
-    """Stage 2: give each example its scores and joined failure text; examples without a record are skipped and
-    counted (`missing_reward`). `reward_records` maps key → object with `scores` and `failure_texts`."""
-    from ..rewards import join_failure_texts
-
+    """Stage 2: give each example its `RewardRecord` (looked up by the example's key); examples without one are
+    skipped and counted (`missing_reward`)."""
     joined = []
     for example in examples:
         record = reward_records.get(example.key)
         if record is None:
             skips.add(SKIP_MISSING_REWARD, example.key, "no reward record with this key")
             continue
-        scores = validate_score_triple(tuple(record.scores), name=f"reward scores of {example.key!r}")
-        failure_text = join_failure_texts(list(record.failure_texts))
-        joined.append(
-            TrainingExample(
-                key=example.key,
-                instruction=example.instruction,
-                original_image=example.original_image,
-                edited_image=example.edited_image,
-                reward_scores=scores,
-                failure_text=failure_text,
-            )
-        )
+        if not isinstance(record, RewardRecord):
+            raise TypeError(f"the reward record of {example.key!r} must be a RewardRecord, got {type(record).__name__}")
+        joined.append(dataclasses.replace(example, reward=record))
     return joined

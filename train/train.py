@@ -218,30 +218,22 @@ def build_pipeline(
     args: argparse.Namespace, unet: nn.Module, vae: Any, text_encoder: Any, tokenizer: Any, scheduler: Any
 ):
     """Stage 1 → stock `StableDiffusionInstructPix2PixPipeline`; stage 2 → `RewardEditPipeline`."""
+    components = {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+    }
     if args.stage == 1:
         from diffusers import StableDiffusionInstructPix2PixPipeline
 
-        return StableDiffusionInstructPix2PixPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        return StableDiffusionInstructPix2PixPipeline(**components, requires_safety_checker=False)
     from reward_edit_pipeline import RewardEditPipeline
 
-    return RewardEditPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-    )
+    return RewardEditPipeline(**components)
 
 
 def log_validation(
@@ -252,9 +244,10 @@ def log_validation(
 ) -> list[str]:
     """Edit `--validation_image` with `--validation_prompt` (rewards (5, 5, 5) in stage 2); write PNGs, log images."""
     import numpy as np
-    from PIL import Image
 
-    image = Image.open(args.validation_image).convert("RGB")
+    from ..images import load_rgb_image
+
+    image = load_rgb_image(args.validation_image)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     kwargs: dict[str, Any] = {}
     if args.stage == 2:
@@ -773,6 +766,16 @@ def configure_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
+    if args.backbone == "smartedit":  # SmartEdit stage 2 (train/smartedit.py)
+        from .smartedit import train_smartedit
+
+        train_smartedit(args)
+        return 0
+    if args.backbone != "sd15":  # DiT editors: LoRA + reward modules (train/dit.py)
+        from .dit import train_dit
+
+        train_dit(args)
+        return 0
     train(args)
     return 0
 

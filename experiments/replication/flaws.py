@@ -5,9 +5,11 @@
                 appears in a free quadrant, or a patch of the background changes colour)
     quality     "noise" (Gaussian), "blur" (Gaussian), "blocking" (JPEG at a very low quality)
 
-`FlawConfig.rate` is the fraction of triplets that get at least one flaw; a flawed triplet gets one axis (70 %), two
-(25 %) or all three (5 %), each with a random kind and severity. Following flaws are applied first (they change what
-was edited), then preserving, then quality (artifacts on the final image).
+`FlawConfig.rate` is the fraction of triplets that get at least one flaw; a flawed triplet gets one axis, two or all
+three with the probabilities `FlawConfig.axis_counts` (the experiment uses one axis only), drawn uniformly among the
+axes that apply to it (preserving needs pixels the edit leaves alone: not so for "make it darker" or "make it
+sepia"), each with a random kind and severity. Following flaws are applied first (they change what was edited), then
+preserving, then quality (artifacts on the final image).
 """
 
 from __future__ import annotations
@@ -219,7 +221,12 @@ def draw_flaws(sample: Sample, config: FlawConfig, rng: np.random.Generator) -> 
     if rng.random() >= config.rate:
         return {}
     count = int(rng.choice([1, 2, 3], p=list(config.axis_counts)))
-    axes = [str(axis) for axis in rng.choice(AXES, size=count, replace=False)]
+    # preserving needs something to preserve: not for global and style edits, which change every pixel
+    size = sample.scene.size
+    applicable = [
+        a for a in AXES if a != "preserving" or _protected_mask(sample).sum() >= 2 * max(4, size * size // 50)
+    ]
+    axes = [str(axis) for axis in rng.choice(applicable, size=min(count, len(applicable)), replace=False)]
     chosen = {}
     for axis in axes:
         if axis == "following":

@@ -283,14 +283,19 @@ class Sample:
     result: EditResult
 
 
-def generate_samples(count: int, seed: int, size: int = 16, prefix: str = "s") -> list[Sample]:
-    """`count` samples from `seed`; edit types cycle so that all seven are equally represented."""
+def generate_samples(
+    count: int, seed: int, size: int = 16, prefix: str = "s", edit_types: tuple[str, ...] = EDIT_TYPES
+) -> list[Sample]:
+    """`count` samples from `seed`; the edit types (default: all seven) cycle, so each is equally represented."""
+    unknown = sorted(set(edit_types) - set(EDIT_TYPES))
+    if unknown or not edit_types:
+        raise ValueError(f"`edit_types` must be a non-empty subset of {EDIT_TYPES}, got {edit_types}")
     rng = np.random.default_rng(seed)
     samples: list[Sample] = []
     number = 0
     while len(samples) < count:
         scene = sample_scene(rng, size)
-        edit_type = EDIT_TYPES[len(samples) % len(EDIT_TYPES)]
+        edit_type = edit_types[len(samples) % len(edit_types)]
         try:
             edit = sample_edit(scene, rng, edit_type)
         except ValueError:  # e.g. "add" into a scene with no free quadrant: draw another scene

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from ..images import to_rgb_image
 from ..rewards import parse_score_text
 from .loaders import BenchmarkItem
 
@@ -99,7 +100,7 @@ def official_edit_size(width: int, height: int, resolution: int = 512, multiple:
 
 def prepare_input_image(image: Image.Image, resolution: int = 512, multiple: int = 64) -> Image.Image:
     """Resize and center-crop a photo to `official_edit_size` with `ImageOps.fit` (Lanczos), in RGB."""
-    image = image.convert("RGB")
+    image = to_rgb_image(image)  # the package's one image rule: EXIF, alpha on white, 16-bit scaled
     size = official_edit_size(image.width, image.height, resolution, multiple)
     return ImageOps.fit(image, size, method=Image.Resampling.LANCZOS)
 
@@ -249,7 +250,9 @@ def default_pipeline_loader(setting: EditSetting, config: GenerationConfig):
     from .. import load_pipeline
 
     pipe = load_pipeline(setting.model, device=config.device, dtype=config.torch_dtype)  # devices.py rules
-    if config.scheduler == "euler-ancestral":
+    from ..pipelines.pipeline_reward_edit import RewardEditPipeline
+
+    if config.scheduler == "euler-ancestral" and isinstance(pipe, RewardEditPipeline):  # DiT editors keep theirs
         from diffusers import EulerAncestralDiscreteScheduler
 
         pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
@@ -265,9 +268,12 @@ def edit_one(pipe, record: EditRecord, config: GenerationConfig) -> Image.Image:
     with Image.open(record.original_path) as original:
         original_image = original.convert("RGB")
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    output = pipe(
+    from ..pipelines.reward_dit_common import run_edit
+
+    output = run_edit(  # one call for the SD and the DiT reward pipelines
+        pipe,
         record.item.instruction,
-        image=original_image,
+        original_image,
         num_inference_steps=config.steps,
         guidance_scale=config.guidance_scale,
         image_guidance_scale=config.image_guidance_scale,
@@ -275,7 +281,6 @@ def edit_one(pipe, record: EditRecord, config: GenerationConfig) -> Image.Image:
         failure_text=record.setting.failure_text,
         reward_guidance_scale=config.reward_guidance_scale,
         generator=generator,
-        output_type="pil",
     )
     edited = output.images[0]
     if edited.size != original_image.size:

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.jsonl import iter_jsonl_objects
+
 # The seven Real-Edit instruction types, in the order the official file lists them.
 EDIT_TYPES: tuple[str, ...] = ("Local", "Remove", "Add", "Texture", "Background", "Global", "Style")
 OFFICIAL_INSTRUCTIONS_FILE = "real_edit_instruct.json"
@@ -164,16 +166,8 @@ def load_jsonl_benchmark(jsonl_path: str | Path, edit_types: Sequence[str] = EDI
     root = jsonl_path.parent
     items: list[BenchmarkItem] = []
     counts: dict[str, int] = {}
-    for line_number, line in enumerate(jsonl_path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{jsonl_path}:{line_number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise BenchmarkFormatError(f"{where}: not valid JSON ({error})") from error
-        if not isinstance(record, dict):
-            raise BenchmarkFormatError(f"{where}: expected an object with keys image, instruction, type")
+    expected = "an object with keys image, instruction, type"
+    for where, record in iter_jsonl_objects(jsonl_path, error=BenchmarkFormatError, expected=expected):
         missing = [key for key in ("image", "instruction", "type") if key not in record]
         if missing:
             raise BenchmarkFormatError(f"{where}: missing key(s) {', '.join(missing)} (need image, instruction, type)")

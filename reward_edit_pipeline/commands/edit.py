@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import make_generator, resolve_device, resolve_dtype
     from ..images import check_image_pixels, check_output_path, load_image, shrink_to_max_side
     from ..loading import HubUnavailableError, load_pipeline
+    from ..pipelines.reward_dit_common import run_edit
 
     # everything that can be checked is checked before the model is loaded and the edit runs
     try:
@@ -154,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"--model: {error}", 1)
     pipe.max_image_pixels = args.max_pixels or None
     try:
-        result = pipe(
+        result = run_edit(  # one call for the SD and the DiT reward pipelines
+            pipe,
             args.instruction,
             image,
             reward_scores=args.scores,

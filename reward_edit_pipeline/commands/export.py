@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from ..data.records import export_store
+    from ..data import export_store
     from ._checks import check_output_file, check_store_path, require_modules
 
     try:

@@ -7,8 +7,11 @@ import json
 import os
 from pathlib import Path
 
+from ..judge.base import PerspectiveJudgment
+from ..judge.images import image_key
+from ..judge.store import AnnotationStore, call_key
 from ..rewards import PERSPECTIVES
-from .records import OFFICIAL_PROMPT_ID, read_official_json
+from .formats import OFFICIAL_PROMPT_ID, read_official_json
 from .triplets import key_folder_triplets
 
 OFFICIAL_JUDGE = "official"
@@ -27,10 +30,6 @@ def import_official(
     With ``images_dir`` (the InstructPix2Pix clip-filtered folder), each key's instruction and image paths are read
     from ``<images_dir>/<key>/``; keys without a folder keep only their scores. Returns ``{"imported", "without_images"}``.
     """
-    from ..judge.base import PerspectiveJudgment
-    from ..judge.engine import _digest_or_marker
-    from ..judge.store import AnnotationStore, call_key
-
     records = read_official_json(json_path)
     if images_dir is not None and not Path(images_dir).is_dir():
         raise FileNotFoundError(f"--images folder not found: {images_dir}")
@@ -43,7 +42,7 @@ def import_official(
         if images_dir is not None and (Path(images_dir) / key / "prompt.json").is_file():
             triplet = key_folder_triplets(images_dir, key)[0]
             instruction, original, edited = triplet.instruction, str(triplet.original), str(triplet.edited)
-            digests = {"original": _digest_or_marker(original), "edited": _digest_or_marker(edited)}
+            digests = {"original": image_key(original), "edited": image_key(edited)}
         else:
             without_images += 1
         keys = {p: call_key(p, instruction, digests, fingerprint) for p in PERSPECTIVES}

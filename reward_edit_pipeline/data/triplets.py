@@ -26,43 +26,20 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from ..records import Triplet
+from .jsonl import iter_jsonl_objects
 
 SeedSelection = Literal["first", "all"]
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
-@dataclass(frozen=True)
-class Triplet:
-    """One editing example.
-
-    Attributes:
-        id (`str`): a stable key (the folder name for InstructPix2Pix folders, matching RewardEdit_20K.json).
-        instruction (`str`): the editing instruction.
-        original / edited: image paths (`str`/`Path`), encoded `bytes`, or in-memory PIL images.
-    """
-
-    id: str
-    instruction: str
-    original: Any
-    edited: Any
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError(f"`Triplet.id` must be a non-empty string, got {self.id!r}")
-        if not isinstance(self.instruction, str):
-            raise TypeError(
-                f"`Triplet.instruction` must be a string, got {type(self.instruction).__name__} ({self.id})"
-            )
-
-
-def image_reference(image: Any) -> str | None:
-    """A printable reference for an image: its path, or ``None`` for in-memory images."""
-    if isinstance(image, (str, os.PathLike)):
-        return str(image)
-    return None
+def is_saved_dataset_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder written by ``datasets`` ``save_to_disk`` (a `Dataset` or a `DatasetDict`)."""
+    path = Path(path)
+    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file())
 
 
 def _instruction_from_prompt_json(path: Path) -> str:
@@ -152,19 +129,8 @@ def key_folder_triplets(
 
 def _manifest_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as handle:
-            row_number = 0
-            for line_number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{line_number}: not valid JSON ({error})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{line_number}: each line must be a JSON object")
-                yield row_number, row
-                row_number += 1
+        for row_number, (_, row) in enumerate(iter_jsonl_objects(path, expected="a JSON object per line")):
+            yield row_number, row
     elif path.suffix.lower() == ".csv":
         with path.open(encoding="utf-8", newline="") as handle:
             yield from enumerate(csv.DictReader(handle))
@@ -259,7 +225,7 @@ def iter_triplets(source: Any, seeds: SeedSelection = "first") -> Iterator[Tripl
         raise FileNotFoundError(f"input not found: {path}")
     if path.is_file():
         return iter_manifest(path)
-    if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+    if is_saved_dataset_folder(path):
         import datasets
 
         return iter_dataset(datasets.load_from_disk(str(path)))

@@ -8,7 +8,6 @@
 
 from .base import (
     FAILURE_REASONS,
-    FunctionJudge,
     Judge,
     JudgeConfigurationError,
     JudgeResult,
@@ -16,6 +15,7 @@ from .base import (
     check_perspectives,
 )
 from .engine import AnnotationSummary, annotate, plan_annotation, run_annotation
+from .function_judge import FunctionJudge
 from .limits import CallLimiter
 from .openai_judge import OpenAIJudge, parse_retry_after
 from .parsing import ReplyParseError, extract_fields, judgment_from_reply

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..data.triplets import Triplet
+from ..records import Triplet
 from .base import PerspectiveJudgment
 from .engine import AnnotationSummary, count_calls, default_pricing, estimate, finalize_summary, plan_annotation
 from .images import ImageLoadError

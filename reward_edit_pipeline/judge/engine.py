@@ -18,10 +18,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.triplets import Triplet, image_reference
+from ..records import Triplet, image_reference
 from ..rewards import PERSPECTIVES
 from .base import Judge, JudgeConfigurationError, PerspectiveJudgment, run_sync
-from .images import ImageLoadError, image_digest
+from .images import image_key
 from .limits import CallLimiter
 from .pricing import Pricing, pricing_for
 from .store import AnnotationStore, call_key
@@ -93,14 +93,6 @@ class AnnotationSummary:
         return "\n".join(lines)
 
 
-def _digest_or_marker(source: Any) -> str:
-    try:
-        return image_digest(source)
-    except ImageLoadError as error:
-        # unreadable now: the key changes once the file appears, and the failure is recorded with its reason
-        return f"{error.reason}:{image_reference(source)}"
-
-
 def plan_annotation(
     items: Iterable[Triplet], judge: Judge, store: AnnotationStore | None, write: bool = True
 ) -> list[PlannedItem]:
@@ -114,7 +106,7 @@ def plan_annotation(
         if triplet.id in seen:
             raise ValueError(f"duplicate item id {triplet.id!r} in the input")
         seen.add(triplet.id)
-        digests = {"original": _digest_or_marker(triplet.original), "edited": _digest_or_marker(triplet.edited)}
+        digests = {"original": image_key(triplet.original), "edited": image_key(triplet.edited)}
         keys = {
             p: call_key(p, triplet.instruction, {r: digests[r] for r in judge.images_seen(p)}, fingerprints[p])
             for p in PERSPECTIVES

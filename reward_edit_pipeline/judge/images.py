@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from ..records import image_reference
 
 ImageFormat = Literal["jpeg", "png"]
 IMAGE_FORMATS: tuple[str, ...] = ("jpeg", "png")
@@ -58,25 +60,24 @@ def image_digest(source: Any) -> str:
     return digest.hexdigest()
 
 
+def image_key(source: Any) -> str:
+    """What a store's call key records for an image: its `image_digest`, or ``"<reason>:<path>"`` when it cannot be
+    read now (the key then changes once the file appears, and the failure is recorded with its reason)."""
+    try:
+        return image_digest(source)
+    except ImageLoadError as error:
+        return f"{error.reason}:{image_reference(source)}"
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation and convert any mode to RGB (transparency composited on white)."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode == "RGB":
-        return image
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit/float greyscale: scale to 8 bits instead of clipping
-        image = image.convert("F")
-        low, high = image.getextrema()
-        scale = 255.0 / (high - low) if high > low else 1.0
-        image = image.point(lambda value: (value - low) * scale).convert("L")
-    return image.convert("RGB")
+    """Apply the EXIF orientation and convert any mode to 8-bit RGB under the package's one image rule
+    (`reward_edit_pipeline.images.to_rgb_image`: transparency on white, 16-bit scaled by 1/65535)."""
+    from ..images import to_rgb_image
+
+    try:
+        return to_rgb_image(image)
+    except ValueError as error:
+        raise ImageLoadError("image_corrupt", str(error)) from None
 
 
 def load_image(source: Any) -> Image.Image:

@@ -25,10 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..records import RewardRecord
 from ..rewards import PERSPECTIVES
 from .base import PerspectiveJudgment
 
 SCHEMA_VERSION = "1"
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first bytes of every SQLite database file
+
+
+def is_annotation_store(path: str | os.PathLike) -> bool:
+    """Whether `path` is a file that starts like a SQLite database (what `AnnotationStore` writes)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with path.open("rb") as handle:
+        return handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -134,6 +145,13 @@ class StoredItem:
     @property
     def failure_texts(self) -> tuple[str, ...]:
         return tuple(self.judgments[p].failure_text if p in self.judgments else "" for p in PERSPECTIVES)
+
+    @property
+    def reward_record(self) -> RewardRecord | None:
+        """The item's rewards when every perspective is judged successfully, else ``None``."""
+        if not self.complete:
+            return None
+        return RewardRecord(scores=self.scores, failure_texts=self.failure_texts, item_id=self.item_id)
 
 
 def _row_to_judgment(row: sqlite3.Row) -> PerspectiveJudgment:

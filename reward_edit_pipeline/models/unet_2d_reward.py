@@ -1,12 +1,18 @@
 """`RewardUNet2DConditionModel`: an InstructPix2Pix UNet conditioned on multi-perspective rewards.
 
-Where the rewards enter (Gu et al., ICLR 2025; official architecture described in spec/parity/README.md):
+Where the rewards enter (Gu et al., ICLR 2025). The official release (`bytedance/Multi-Reward-Editing`) adds four
+modules to SD1.5's UNet (`add_embedding`, `add_embedding2`, `text_linear2`, `text_linear`) plus a latent
+cross-attention right after `conv_in` (`proj_deal`, `ca`); `OFFICIAL_TO_OURS_PREFIXES` maps their keys onto ours:
 
-    reward_scores [B,3] ──Timesteps(256)×3──► features [B,768] ─┬─ reward_time_embedding ──┐
-    failure_text_embeds [B,D] ─────────────────────────────────┼─ failure_text_time_proj ─┼─► + timestep embedding
-                                                               ├─ reward_token_embedding ─┐ (every resnet's temb)
-                                                               └─ failure_text_token_proj ┴─► 2 tokens [B,2,C]
+    reward_scores [B,3] ─┐                 ┌─ global_embedding [B, time_embed_dim] ─► + timestep embedding
+                         ├─ RewardConditioner ┤                                        (every resnet's temb)
+    failure_text_embeds ─┘                 └─ tokens [B, 2, conv_in width]
     sample ─► conv_in ─► x0 ─► x0 + LatentRewardAttention(x0, tokens) ─► down blocks → mid → up → conv_out
+
+Both additions happen inside `RewardUNet2DConditionModel.forward` itself: no hook and no per-call state on the module,
+so one instance may serve several threads at once and `torch.compile` sees one plain graph. The reward condition
+does not depend on the timestep: a sampler computes it once (`compute_reward_condition`) and passes it to every step
+(`forward(..., reward_condition=...)`).
 
 The class subclasses diffusers' `UNet2DConditionModel`, so attention processors, gradient checkpointing, LoRA/PEFT and
 `from_pretrained`/`save_pretrained` keep working. All widths come from the config.
@@ -25,24 +31,22 @@ import torch
 import torch.nn.functional as F
 from diffusers import ModelMixin, UNet2DConditionModel  # noqa: F401  (diffusers' loader looks up ModelMixin here)
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-from diffusers.utils import logging
+from diffusers.utils import apply_lora_scale, deprecate, logging
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..rewards import DEFAULT_NO_FAILURE_TEXT, PERSPECTIVES
+from .reward_conditioner import REWARD_INIT_CHOICES, RewardConditionEmbeddings, RewardConditioner
 
 logger = logging.get_logger(__name__)
 
-REWARD_INIT_CHOICES = ("zero", "default")
-
 # Official (bytedance/Multi-Reward-Editing) state-dict prefixes → ours. Everything else is stock diffusers.
 OFFICIAL_TO_OURS_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("add_embedding.", "reward_time_embedding."),
-    ("add_embedding2.", "reward_token_embedding."),
-    ("text_linear2.", "failure_text_time_proj."),
-    ("text_linear.", "failure_text_token_proj."),
+    ("add_embedding.", "reward_conditioner.reward_time_embedding."),
+    ("add_embedding2.", "reward_conditioner.reward_token_embedding."),
+    ("text_linear2.", "reward_conditioner.failure_text_time_proj."),
+    ("text_linear.", "reward_conditioner.failure_text_token_proj."),
     ("proj_deal.norm.", "latent_reward_attention.norm."),
     ("proj_deal.proj_in.", "latent_reward_attention.proj_in."),
     ("proj_deal.proj_out.", "latent_reward_attention.proj_out."),
@@ -55,12 +59,16 @@ OFFICIAL_TO_OURS_PREFIXES: tuple[tuple[str, str], ...] = (
     ("ca.output.dense.", "latent_reward_attention.ff_out."),
     ("ca.output.LayerNorm.", "latent_reward_attention.ff_norm."),
 )
-REWARD_MODULE_PREFIXES: tuple[str, ...] = (
-    "reward_time_embedding.",
-    "reward_token_embedding.",
-    "failure_text_time_proj.",
-    "failure_text_token_proj.",
-    "latent_reward_attention.",
+REWARD_MODULE_PREFIXES: tuple[str, ...] = ("reward_conditioner.", "latent_reward_attention.")
+# Key names of checkpoints saved before the conditioner became its own submodule (read transparently on load).
+LEGACY_TO_CURRENT_PREFIXES: tuple[tuple[str, str], ...] = tuple(
+    (name, "reward_conditioner." + name)
+    for name in (
+        "reward_time_embedding.",
+        "reward_token_embedding.",
+        "failure_text_time_proj.",
+        "failure_text_token_proj.",
+    )
 )
 # The official code hard-codes these; a model must match them to be exported to the official layout.
 OFFICIAL_REWARD_CONFIG: dict[str, Any] = {
@@ -207,11 +215,16 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
         reward_attention_norm_groups, reward_attention_norm_eps, reward_attention_layer_norm_eps: normalisation settings.
         reward_attention_dropout (`float`, defaults to 0.0): dropout inside the latent cross-attention (training only).
         reward_init (`str`, defaults to `"zero"`):
-            `"zero"`: the output projection of every reward path starts at zero (`reward_time_embedding.linear_2`,
-            `failure_text_time_proj`, `latent_reward_attention.proj_out`), so a wrapped UNet equals its base model.
+            `"zero"`: the output projection of every reward path starts at zero (`reward_conditioner`'s
+            `reward_time_embedding.linear_2` and `failure_text_time_proj`, `latent_reward_attention.proj_out`), so a
+            wrapped UNet equals its base model.
             `"default"`: PyTorch's default initialisation, as in the official code.
         no_failure_text (`str`, defaults to `"None; None; None"`):
             The failure text that means "no failure" for this model; pipelines use it when `failure_text=None`.
+
+    Submodules: `reward_conditioner` ([`RewardConditioner`]: scores and failure text → global vector and tokens) and
+    `latent_reward_attention` ([`LatentRewardAttention`]). Checkpoints that still use the flat names of earlier
+    versions (`reward_time_embedding.*` at the top level) load unchanged.
     """
 
     @register_to_config
@@ -292,20 +305,28 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
         super().__init__(**base_arguments)
         if reward_init not in REWARD_INIT_CHOICES:
             raise ValueError(f"`reward_init` must be one of {REWARD_INIT_CHOICES}, got {reward_init!r}")
+        if class_embeddings_concat:
+            raise ValueError(
+                "`class_embeddings_concat=True` doubles the timestep-embedding width, which the reward embedding "
+                "is added to; it is not supported by RewardUNet2DConditionModel"
+            )
         if failure_text_embed_dim is None:
             if not isinstance(cross_attention_dim, int):
                 raise ValueError("`failure_text_embed_dim` must be set when `cross_attention_dim` is not a single int")
             failure_text_embed_dim = cross_attention_dim
             self.register_to_config(failure_text_embed_dim=failure_text_embed_dim)
         latent_channels = block_out_channels[0]
-        time_embed_dim = self.time_embedding.linear_2.out_features
-        reward_features_dim = reward_num_scores * reward_sinusoid_dim
 
-        self.reward_sinusoid = Timesteps(reward_sinusoid_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.reward_time_embedding = TimestepEmbedding(reward_features_dim, time_embed_dim)
-        self.reward_token_embedding = TimestepEmbedding(reward_features_dim, latent_channels)
-        self.failure_text_time_proj = nn.Linear(failure_text_embed_dim, time_embed_dim)
-        self.failure_text_token_proj = nn.Linear(failure_text_embed_dim, latent_channels)
+        # Scores + failure text → (global vector added to the timestep embedding, 2 tokens for the latent attention).
+        self.reward_conditioner = RewardConditioner(
+            text_embed_dim=failure_text_embed_dim,
+            global_dim=self.time_embedding.linear_2.out_features,
+            token_dim=latent_channels,
+            num_scores=reward_num_scores,
+            sinusoid_dim=reward_sinusoid_dim,
+            reward_init=reward_init,
+        )
+        # Cross-attention from the conv_in features to the two tokens; its output is added to the conv_in features.
         self.latent_reward_attention = LatentRewardAttention(
             latent_channels,
             num_heads=reward_attention_heads,
@@ -316,18 +337,9 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
             dropout=reward_attention_dropout,
         )
         if reward_init == "zero":
-            for module in (
-                self.reward_time_embedding.linear_2,
-                self.failure_text_time_proj,
-                self.latent_reward_attention.proj_out,
-            ):
-                nn.init.zeros_(module.weight)
-                nn.init.zeros_(module.bias)
-
-        # Per-call state: filled by `forward`, read by `get_aug_embed` and the conv_in hook (one forward at a time).
-        self._reward_time_term: torch.Tensor | None = None
-        self._reward_tokens: torch.Tensor | None = None
-        self._attach_conv_in_hook()
+            nn.init.zeros_(self.latent_reward_attention.proj_out.weight)
+            nn.init.zeros_(self.latent_reward_attention.proj_out.bias)
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys_hook)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -383,7 +395,7 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
             )
         base_config = {name: config[name] for name in _BASE_PARAMETERS if name in config}
         state_dict = official_to_reward_state_dict(_load_weights(folder, allow_pickle=allow_pickle))
-        text_proj = state_dict.get("failure_text_token_proj.weight")
+        text_proj = state_dict.get("reward_conditioner.failure_text_token_proj.weight")
         if text_proj is None:
             raise ValueError(f"{folder!r} has no official reward keys (text_linear.weight missing): a plain UNet?")
         settings = {
@@ -418,89 +430,81 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
         state_dict = {key: value.detach().contiguous() for key, value in self.state_dict().items()}
         save_file(reward_to_official_state_dict(state_dict), os.path.join(path, "diffusion_pytorch_model.safetensors"))
 
+    # ------------------------------------------------------------------ loading of older key names
+    def _fix_state_dict_keys_on_load(self, state_dict: dict[str, torch.Tensor]) -> None:
+        # `from_pretrained` fills parameters by key name without `load_state_dict`, so rename legacy keys here too.
+        super()._fix_state_dict_keys_on_load(state_dict)
+        for key in list(state_dict):
+            renamed = _rename_legacy_key(key)
+            if renamed != key:
+                state_dict[renamed] = state_dict.pop(key)
+
     # ------------------------------------------------------------------ conditioning
-    def compute_reward_conditioning(
+    def compute_reward_condition(
         self,
         reward_scores: torch.Tensor,
         failure_text_embeds: torch.Tensor,
         null_reward_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return `(time_term [B, time_embed_dim], tokens [B, 2, conv_in width])` for validated inputs.
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> RewardConditionEmbeddings:
+        r"""Validate and embed the reward condition once; pass the result to `forward(..., reward_condition=...)`.
 
-        Rows where `null_reward_mask` is True get the null condition: zero reward features and a zero text
-        embedding (a point no real score reaches, since every real score has cos² + sin² = 1).
+        The condition does not depend on the timestep, so a sampler computes it once per call instead of at every
+        step. `forward(reward_scores=..., failure_text_embeds=...)` computes exactly this internally.
+
+        Args:
+            reward_scores (`torch.Tensor` of shape `[B, 3]` or `[3]`): following, preserving, quality in [0, 5].
+            failure_text_embeds (`torch.Tensor` of shape `[B, failure_text_embed_dim]` or `[failure_text_embed_dim]`):
+                pooled text-encoder embedding of the failure text.
+            null_reward_mask (`torch.BoolTensor` of shape `[B]`, *optional*): rows that get the null condition.
+            batch_size (`int`, *optional*): rows to produce; a single input row is broadcast. Defaults to the number
+                of rows of `reward_scores`.
+            device (`torch.device`, *optional*): where the result goes; defaults to the device of `reward_scores`.
+
+        Returns:
+            [`RewardConditionEmbeddings`]: `global_embedding` `[B, time_embed_dim]` and `tokens` `[B, 2, C]` in the
+            dtype of the reward modules.
         """
-        batch = reward_scores.shape[0]
-        dtype = self.reward_time_embedding.linear_1.weight.dtype
-        # The sinusoid is computed in float32 (as diffusers' Timesteps and the official code do), then cast.
-        features = self.reward_sinusoid(reward_scores.reshape(-1)).reshape(batch, -1).to(dtype)
-        failure_text_embeds = failure_text_embeds.to(dtype)
-        if null_reward_mask is not None:
-            keep = (~null_reward_mask).to(dtype).unsqueeze(-1)
-            features = features * keep
-            failure_text_embeds = failure_text_embeds * keep
-        time_term = self.reward_time_embedding(features) + self.failure_text_time_proj(failure_text_embeds)
-        tokens = torch.stack(
-            [self.reward_token_embedding(features), self.failure_text_token_proj(failure_text_embeds)], dim=1
+        if batch_size is None:
+            if reward_scores is None:
+                raise ValueError(self._missing_reward_scores_message(1))
+            shape = torch.as_tensor(reward_scores).shape
+            batch_size = int(shape[0]) if len(shape) == 2 else 1
+        if device is None:
+            device = reward_scores.device if isinstance(reward_scores, torch.Tensor) else torch.device("cpu")
+        device = torch.device(device)
+        # Compute where the reward weights are (under model CPU offload they may still be on the CPU); a weight on the
+        # meta device means accelerate's sequential offload moves weights and inputs itself.
+        weight = self.reward_conditioner.reward_time_embedding.linear_1.weight
+        compute_device = device if weight.device.type == "meta" else weight.device
+        reward_scores, failure_text_embeds, null_reward_mask = self._check_reward_inputs(
+            batch_size, reward_scores, failure_text_embeds, null_reward_mask, compute_device
         )
-        return time_term, tokens
+        condition = self.reward_conditioner(reward_scores, failure_text_embeds, null_reward_mask)
+        if condition.global_embedding.device != device:
+            condition = RewardConditionEmbeddings(
+                global_embedding=condition.global_embedding.to(device), tokens=condition.tokens.to(device)
+            )
+        return condition
 
-    def get_aug_embed(
-        self, emb: torch.Tensor, encoder_hidden_states: torch.Tensor, added_cond_kwargs: dict[str, Any]
-    ) -> torch.Tensor | None:
-        aug_emb = super().get_aug_embed(emb, encoder_hidden_states, added_cond_kwargs)
-        if self._reward_time_term is None:
-            return aug_emb
-        reward_term = self._reward_time_term.to(emb.dtype)
-        return reward_term if aug_emb is None else aug_emb + reward_term
+    def _missing_reward_scores_message(self, batch: int) -> str:
+        return (
+            f"{type(self).__name__} needs `reward_scores` of shape [batch, {self.config.reward_num_scores}] "
+            "(following, preserving, quality; floats in [0, 5]), e.g. torch.full((batch, 3), 5.0), "
+            "or a precomputed `reward_condition` (see `compute_reward_condition`)"
+        )
 
-    def _attach_conv_in_hook(self) -> None:
-        """Make sure the current `conv_in` carries our hook (it may have been replaced, e.g. by a LoRA wrapper)."""
-        for hook in self.conv_in._forward_hooks.values():
-            if getattr(hook, "__self__", None) is self and getattr(hook, "__func__", None) is _LATENT_REWARD_HOOK:
-                return
-        self.conv_in.register_forward_hook(self._latent_reward_hook)
-
-    def _latent_reward_hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
-        # Outside `forward`, or on a conv_in that has since been replaced (e.g. wrapped by LoRA): a plain conv.
-        if self._reward_tokens is None or module is not self.conv_in:
-            return None
-        return output + self.latent_reward_attention(output, self._reward_tokens.to(output.dtype))
-
-    def _resolve_reward_inputs(
+    def _check_reward_inputs(
         self,
         batch: int,
         reward_scores: Any,
         failure_text_embeds: Any,
         null_reward_mask: Any,
-        added_cond_kwargs: dict[str, Any] | None,
         device: torch.device,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any] | None]:
-        remaining = dict(added_cond_kwargs) if added_cond_kwargs is not None else None
-        if remaining is not None:
-            for key, current in (
-                ("reward_scores", reward_scores),
-                ("failure_text_embeds", failure_text_embeds),
-                ("negative_embeds", failure_text_embeds),  # official name
-                ("null_reward_mask", null_reward_mask),
-            ):
-                if key in remaining:
-                    if current is not None:
-                        raise ValueError(f"`{key}` was given both as a keyword argument and in `added_cond_kwargs`")
-                    value = remaining.pop(key)
-                    if key == "reward_scores":
-                        reward_scores = value
-                    elif key == "null_reward_mask":
-                        null_reward_mask = value
-                    else:
-                        failure_text_embeds = value
-            if self.config.encoder_hid_dim_type is None and self.config.addition_embed_type is None:
-                remaining.pop("image_embeds", None)  # passed by the official scripts, never used by the model
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if reward_scores is None:
-            raise ValueError(
-                f"{type(self).__name__} needs `reward_scores` of shape [batch, {self.config.reward_num_scores}] "
-                "(following, preserving, quality; floats in [0, 5]), e.g. torch.full((batch, 3), 5.0)"
-            )
+            raise ValueError(self._missing_reward_scores_message(batch))
         if failure_text_embeds is None:
             raise ValueError(
                 f"{type(self).__name__} needs `failure_text_embeds` of shape [batch, "
@@ -526,8 +530,89 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
                     f"`null_reward_mask` must be a bool tensor of shape [{batch}], got {null_reward_mask.dtype} "
                     f"{tuple(null_reward_mask.shape)}"
                 )
-        return reward_scores, failure_text_embeds, null_reward_mask, remaining
+        return reward_scores, failure_text_embeds, null_reward_mask
 
+    def _check_reward_condition(self, condition: Any, batch: int) -> RewardConditionEmbeddings:
+        if not isinstance(condition, RewardConditionEmbeddings):
+            raise TypeError(
+                "`reward_condition` must be the RewardConditionEmbeddings returned by `compute_reward_condition`, "
+                f"got {type(condition).__name__}"
+            )
+        global_dim = self.reward_conditioner.reward_time_embedding.linear_2.out_features
+        token_dim = self.latent_reward_attention.proj_in.in_channels
+        global_embedding, tokens = condition.global_embedding, condition.tokens
+        if (
+            global_embedding.ndim != 2
+            or global_embedding.shape[0] not in (1, batch)
+            or global_embedding.shape[1] != global_dim
+        ):
+            raise ValueError(
+                f"`reward_condition.global_embedding` must have shape [{batch}, {global_dim}] (or [1, {global_dim}]), "
+                f"got {tuple(global_embedding.shape)}"
+            )
+        if tokens.ndim != 3 or tokens.shape[0] != global_embedding.shape[0] or tokens.shape[2] != token_dim:
+            raise ValueError(
+                f"`reward_condition.tokens` must have shape [{global_embedding.shape[0]}, T, {token_dim}], "
+                f"got {tuple(tokens.shape)}"
+            )
+        if global_embedding.shape[0] == 1 and batch != 1:
+            return RewardConditionEmbeddings(
+                global_embedding=global_embedding.expand(batch, -1), tokens=tokens.expand(batch, -1, -1)
+            )
+        return condition
+
+    def _resolve_reward_condition(
+        self,
+        batch: int,
+        reward_scores: Any,
+        failure_text_embeds: Any,
+        null_reward_mask: Any,
+        reward_condition: Any,
+        added_cond_kwargs: dict[str, Any] | None,
+        device: torch.device,
+    ) -> tuple[RewardConditionEmbeddings, dict[str, Any] | None]:
+        """Read the reward inputs from the keyword arguments or `added_cond_kwargs` (official names accepted) and
+        return the embedded condition plus the `added_cond_kwargs` left for the parent's conditioning."""
+        remaining = dict(added_cond_kwargs) if added_cond_kwargs is not None else None
+        given = {
+            "reward_scores": reward_scores,
+            "failure_text_embeds": failure_text_embeds,
+            "null_reward_mask": null_reward_mask,
+            "reward_condition": reward_condition,
+        }
+        if remaining is not None:
+            for key, target in (
+                ("reward_scores", "reward_scores"),
+                ("failure_text_embeds", "failure_text_embeds"),
+                ("negative_embeds", "failure_text_embeds"),  # official name
+                ("null_reward_mask", "null_reward_mask"),
+                ("reward_condition", "reward_condition"),
+            ):
+                if key in remaining:
+                    if given[target] is not None:
+                        raise ValueError(f"`{key}` was given both as a keyword argument and in `added_cond_kwargs`")
+                    given[target] = remaining.pop(key)
+            if self.config.encoder_hid_dim_type is None and self.config.addition_embed_type is None:
+                remaining.pop("image_embeds", None)  # passed by the official scripts, never used by the model
+        if given["reward_condition"] is not None:
+            raw = [
+                name for name in ("reward_scores", "failure_text_embeds", "null_reward_mask") if given[name] is not None
+            ]
+            if raw:
+                raise ValueError(
+                    f"pass either a precomputed `reward_condition` or {raw}, not both (the condition already holds them)"
+                )
+            return self._check_reward_condition(given["reward_condition"], batch), remaining
+        condition = self.compute_reward_condition(
+            given["reward_scores"],
+            given["failure_text_embeds"],
+            given["null_reward_mask"],
+            batch_size=batch,
+            device=device,
+        )
+        return condition, remaining
+
+    @apply_lora_scale("cross_attention_kwargs")
     def forward(
         self,
         sample: torch.Tensor,
@@ -546,8 +631,9 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
         reward_scores: torch.Tensor | None = None,
         failure_text_embeds: torch.Tensor | None = None,
         null_reward_mask: torch.Tensor | None = None,
+        reward_condition: RewardConditionEmbeddings | None = None,
     ) -> UNet2DConditionOutput | tuple:
-        r"""The parent forward plus reward conditions.
+        r"""The `UNet2DConditionModel` forward plus the reward condition (all parent arguments unchanged).
 
         Args:
             reward_scores (`torch.Tensor` of shape `[B, 3]` or `[3]`):
@@ -556,36 +642,185 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
                 Pooled text-encoder embedding of the failure text. A single row is broadcast over the batch.
             null_reward_mask (`torch.BoolTensor` of shape `[B]`, *optional*):
                 Rows that get the null reward condition (reward-condition dropout and reward guidance).
+            reward_condition ([`RewardConditionEmbeddings`], *optional*):
+                The output of `compute_reward_condition`, instead of the three arguments above (a sampler computes it
+                once per call). One row is broadcast over the batch.
 
         The official call style `added_cond_kwargs={"reward_scores": ..., "negative_embeds": ..., "image_embeds": ...}`
         is accepted too; `image_embeds` has no effect, as in the official model.
+
+        The body mirrors diffusers' `UNet2DConditionModel.forward` (diffusers 0.42.1) step by step, with the two
+        reward additions marked `# [reward]`. `tests/test_unet_runtime.py` checks it against the installed diffusers
+        forward on several configs, so a diffusers release that changes the base forward fails loudly.
         """
-        reward_scores, failure_text_embeds, null_reward_mask, added_cond_kwargs = self._resolve_reward_inputs(
-            sample.shape[0], reward_scores, failure_text_embeds, null_reward_mask, added_cond_kwargs, sample.device
+        condition, added_cond_kwargs = self._resolve_reward_condition(
+            sample.shape[0],
+            reward_scores,
+            failure_text_embeds,
+            null_reward_mask,
+            reward_condition,
+            added_cond_kwargs,
+            sample.device,
         )
-        self._attach_conv_in_hook()
-        self._reward_time_term, self._reward_tokens = self.compute_reward_conditioning(
-            reward_scores, failure_text_embeds, null_reward_mask
+
+        # ---- begin: mirrors diffusers.models.unets.unet_2d_condition.UNet2DConditionModel.forward (0.42.1)
+        # When a latent side is not a multiple of 2**num_upsamplers, the up blocks are told their output size.
+        forward_upsample_size = any(side % 2**self.num_upsamplers != 0 for side in sample.shape[-2:])
+        upsample_size = None
+
+        # Masks (1 = keep, 0 = discard) become additive biases with a singleton query dimension.
+        if attention_mask is not None:
+            attention_mask = ((1 - attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
+        if encoder_attention_mask is not None:
+            encoder_attention_mask = ((1 - encoder_attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
+
+        # 0. center input if necessary
+        if self.config.center_input_sample:
+            sample = 2 * sample - 1.0
+
+        # 1. time (+ class, + added conditions, + [reward] global embedding)
+        emb = self.time_embedding(self.get_time_embed(sample=sample, timestep=timestep), timestep_cond)
+        class_emb = self.get_class_embed(sample=sample, class_labels=class_labels)
+        if class_emb is not None:
+            emb = emb + class_emb  # (class_embeddings_concat is refused in __init__)
+        aug_emb = self.get_aug_embed(
+            emb=emb, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs
         )
-        try:
-            return super().forward(
-                sample,
-                timestep,
-                encoder_hidden_states,
-                class_labels=class_labels,
-                timestep_cond=timestep_cond,
-                attention_mask=attention_mask,
-                cross_attention_kwargs=cross_attention_kwargs,
-                added_cond_kwargs=added_cond_kwargs,
-                down_block_additional_residuals=down_block_additional_residuals,
-                mid_block_additional_residual=mid_block_additional_residual,
-                down_intrablock_additional_residuals=down_intrablock_additional_residuals,
-                encoder_attention_mask=encoder_attention_mask,
-                return_dict=return_dict,
+        if self.config.addition_embed_type == "image_hint":
+            aug_emb, hint = aug_emb
+            sample = torch.cat([sample, hint], dim=1)
+        reward_emb = condition.global_embedding.to(emb.dtype)  # [reward] addition 1: the global reward embedding
+        aug_emb = reward_emb if aug_emb is None else aug_emb + reward_emb
+        emb = emb + aug_emb
+        if self.time_embed_act is not None:
+            emb = self.time_embed_act(emb)
+        encoder_hidden_states = self.process_encoder_hidden_states(
+            encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs
+        )
+
+        # 2. pre-process
+        sample = self.conv_in(sample)
+        # [reward] addition 2: the conv_in features attend to the reward and failure-text tokens
+        sample = sample + self.latent_reward_attention(sample, condition.tokens.to(sample.dtype))
+
+        # 2.5 GLIGEN position net
+        if cross_attention_kwargs is not None and cross_attention_kwargs.get("gligen", None) is not None:
+            cross_attention_kwargs = cross_attention_kwargs.copy()
+            gligen_args = cross_attention_kwargs.pop("gligen")
+            cross_attention_kwargs["gligen"] = {"objs": self.position_net(**gligen_args)}
+
+        # 3. down (ControlNet residuals: down + mid; T2I-Adapter residuals: `down_intrablock_additional_residuals`)
+        is_controlnet = mid_block_additional_residual is not None and down_block_additional_residuals is not None
+        is_adapter = down_intrablock_additional_residuals is not None
+        if not is_adapter and mid_block_additional_residual is None and down_block_additional_residuals is not None:
+            deprecate(
+                "T2I should not use down_block_additional_residuals",
+                "1.3.0",
+                "Passing intrablock residual connections with `down_block_additional_residuals` is deprecated "
+                "and will be removed in diffusers 1.3.0. `down_block_additional_residuals` should only be used "
+                "for ControlNet. Please make sure use `down_intrablock_additional_residuals` instead. ",
+                standard_warn=False,
             )
-        finally:
-            self._reward_time_term = None
-            self._reward_tokens = None
+            down_intrablock_additional_residuals = down_block_additional_residuals
+            is_adapter = True
+
+        down_block_res_samples = (sample,)
+        for downsample_block in self.down_blocks:
+            if getattr(downsample_block, "has_cross_attention", False):
+                additional_residuals = {}
+                if is_adapter and len(down_intrablock_additional_residuals) > 0:
+                    additional_residuals["additional_residuals"] = down_intrablock_additional_residuals.pop(0)
+                sample, res_samples = downsample_block(
+                    hidden_states=sample,
+                    temb=emb,
+                    encoder_hidden_states=encoder_hidden_states,
+                    attention_mask=attention_mask,
+                    cross_attention_kwargs=cross_attention_kwargs,
+                    encoder_attention_mask=encoder_attention_mask,
+                    **additional_residuals,
+                )
+            else:
+                sample, res_samples = downsample_block(hidden_states=sample, temb=emb)
+                if is_adapter and len(down_intrablock_additional_residuals) > 0:
+                    sample += down_intrablock_additional_residuals.pop(0)
+            down_block_res_samples += res_samples
+
+        if is_controlnet:
+            down_block_res_samples = tuple(
+                res_sample + residual
+                for res_sample, residual in zip(down_block_res_samples, down_block_additional_residuals)
+            )
+
+        # 4. mid
+        if self.mid_block is not None:
+            if getattr(self.mid_block, "has_cross_attention", False):
+                sample = self.mid_block(
+                    sample,
+                    emb,
+                    encoder_hidden_states=encoder_hidden_states,
+                    attention_mask=attention_mask,
+                    cross_attention_kwargs=cross_attention_kwargs,
+                    encoder_attention_mask=encoder_attention_mask,
+                )
+            else:
+                sample = self.mid_block(sample, emb)
+            if (  # T2I-Adapter-XL
+                is_adapter
+                and len(down_intrablock_additional_residuals) > 0
+                and sample.shape == down_intrablock_additional_residuals[0].shape
+            ):
+                sample += down_intrablock_additional_residuals.pop(0)
+        if is_controlnet:
+            sample = sample + mid_block_additional_residual
+
+        # 5. up
+        for index, upsample_block in enumerate(self.up_blocks):
+            is_final_block = index == len(self.up_blocks) - 1
+            res_samples = down_block_res_samples[-len(upsample_block.resnets) :]
+            down_block_res_samples = down_block_res_samples[: -len(upsample_block.resnets)]
+            if not is_final_block and forward_upsample_size:
+                upsample_size = down_block_res_samples[-1].shape[2:]
+            if getattr(upsample_block, "has_cross_attention", False):
+                sample = upsample_block(
+                    hidden_states=sample,
+                    temb=emb,
+                    res_hidden_states_tuple=res_samples,
+                    encoder_hidden_states=encoder_hidden_states,
+                    cross_attention_kwargs=cross_attention_kwargs,
+                    upsample_size=upsample_size,
+                    attention_mask=attention_mask,
+                    encoder_attention_mask=encoder_attention_mask,
+                )
+            else:
+                sample = upsample_block(
+                    hidden_states=sample, temb=emb, res_hidden_states_tuple=res_samples, upsample_size=upsample_size
+                )
+
+        # 6. post-process
+        if self.conv_norm_out:
+            sample = self.conv_act(self.conv_norm_out(sample))
+        sample = self.conv_out(sample)
+        # ---- end: mirrors diffusers UNet2DConditionModel.forward
+
+        if not return_dict:
+            return (sample,)
+        return UNet2DConditionOutput(sample=sample)
+
+
+def _rename_legacy_key(key: str) -> str:
+    for old, new in LEGACY_TO_CURRENT_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
+def _rename_legacy_keys_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """`load_state_dict` pre-hook: read `<prefix>reward_time_embedding.*` etc. as `<prefix>reward_conditioner.…`."""
+    for key in list(state_dict):
+        if key.startswith(prefix):
+            renamed = prefix + _rename_legacy_key(key[len(prefix) :])
+            if renamed != key:
+                state_dict[renamed] = state_dict.pop(key)
 
 
 def _broadcast_rows(tensor: torch.Tensor, batch: int, width: int, name: str) -> torch.Tensor:
@@ -619,7 +854,6 @@ def _load_weights(folder: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors (or sharded index) in {folder!r}")
 
 
-_LATENT_REWARD_HOOK = RewardUNet2DConditionModel._latent_reward_hook
 _BASE_PARAMETERS: tuple[str, ...] = tuple(inspect.signature(UNet2DConditionModel.__init__).parameters)[1:]
 _REWARD_PARAMETERS: tuple[str, ...] = tuple(
     name

@@ -38,7 +38,8 @@ except ImportError:  # pragma: no cover - older diffusers
 # Classes this package contributes as pipeline components (model_index.json: ["reward_edit_pipeline", name]).
 PACKAGE_CLASSES: dict[str, type] = {RewardUNet2DConditionModel.__name__: RewardUNet2DConditionModel}
 
-# Pinned for the life of the project: saved folders record these names, so renaming them breaks every saved model.
+# Pinned for the life of the project: saved folders record these names in `model_index.json` (`_class_name` as
+# [loader module, class], components as [library, class]), so renaming either breaks every published folder.
 LOADER_MODULE_STEM = "pipeline_reward_edit"
 PUBLIC_LIBRARY = "reward_edit_pipeline"
 LOADER_SHIM_SOURCE = '''"""Loader shim for `diffusers.DiffusionPipeline.from_pretrained(<this folder or repo>, trust_remote_code=True)`.
@@ -61,7 +62,7 @@ from reward_edit_pipeline import {class_name}  # noqa: F401
 '''
 
 
-def _normalize_dtype_kwarg(kwargs: dict[str, Any]) -> None:
+def normalize_dtype_kwarg(kwargs: dict[str, Any]) -> None:
     """Accept `dtype=` and its older name `torch_dtype=` (not both); pass it on under the name diffusers expects."""
     dtype = pop_dtype_kwarg(kwargs)
     if isinstance(dtype, str) and dtype != "auto":
@@ -74,7 +75,13 @@ def _normalize_dtype_kwarg(kwargs: dict[str, Any]) -> None:
         kwargs[DTYPE_KWARG] = dtype
 
 
-__all__ = ["PIPELINE_ALLOW_PATTERNS", "RewardEditPipeline", "download_pipeline_files", "encode_failure_texts"]
+__all__ = [
+    "PIPELINE_ALLOW_PATTERNS",
+    "RewardEditPipeline",
+    "download_pipeline_files",
+    "encode_failure_texts",
+    "normalize_dtype_kwarg",
+]
 
 
 def encode_failure_texts(
@@ -205,7 +212,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         A plain InstructPix2Pix checkpoint is refused with a pointer to `from_instruct_pix2pix`, and the official
         release layout with a pointer to `from_official`.
         """
-        _normalize_dtype_kwarg(kwargs)
+        normalize_dtype_kwarg(kwargs)
         if not os.path.isdir(pretrained_model_name_or_path):
             download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(
@@ -228,7 +235,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         """Wrap a stock `StableDiffusionInstructPix2PixPipeline` checkpoint (e.g. the `timbrooks/instruct-pix2pix`
         layout) with new reward modules. With `reward_init="zero"` (default) the result edits exactly like the stock
         pipeline until it is trained."""
-        _normalize_dtype_kwarg(kwargs)
+        normalize_dtype_kwarg(kwargs)
         unet_kwargs = {key: kwargs[key] for key in _SUBMODEL_KWARGS if key in kwargs}
         base_unet = UNet2DConditionModel.from_pretrained(pretrained_model_name_or_path, subfolder="unet", **unet_kwargs)
         unet = RewardUNet2DConditionModel.from_unet(base_unet, reward_init=reward_init)
@@ -247,7 +254,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         """
         if not os.path.isdir(path):
             raise FileNotFoundError(f"`path` must be a local official release folder, got {os.fspath(path)!r}")
-        _normalize_dtype_kwarg(kwargs)
+        normalize_dtype_kwarg(kwargs)
         unet = RewardUNet2DConditionModel.from_official_unet(
             os.path.join(path, "unet"), torch_dtype=kwargs.get(DTYPE_KWARG)
         )
@@ -603,7 +610,8 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             negative_prompt_embeds=negative_prompt_embeds,
         )
 
-        # 3. Encode the reward condition (one row per generated image), repeated over the guidance branches
+        # 3. Encode the reward condition once per call (one row per generated image; identical failure texts are
+        #    encoded once), repeated over the guidance branches; every denoising step reuses it
         reward_scores = reward_scores.repeat_interleave(num_images_per_prompt, dim=0).to(device)
         failure_text_embeds = self.encode_failure_text(failure_texts, device).repeat_interleave(
             num_images_per_prompt, dim=0
@@ -620,6 +628,9 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             branch_text_embeds = torch.cat([branch_text_embeds, failure_text_embeds])
             null_reward_mask = torch.zeros(branch_scores.shape[0], dtype=torch.bool, device=device)
             null_reward_mask[-total:] = True
+        reward_condition = self.unet.compute_reward_condition(
+            branch_scores, branch_text_embeds, null_reward_mask, device=device
+        )
 
         # 4. Preprocess the image: one per generated image, in prompt order
         image, input_size = self._preprocess_image(image)
@@ -669,9 +680,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
                     scaled_latent_model_input,
                     t,
                     encoder_hidden_states=prompt_embeds,
-                    reward_scores=branch_scores,
-                    failure_text_embeds=branch_text_embeds,
-                    null_reward_mask=null_reward_mask,
+                    reward_condition=reward_condition,
                     cross_attention_kwargs=cross_attention_kwargs,
                     return_dict=False,
                 )[0]

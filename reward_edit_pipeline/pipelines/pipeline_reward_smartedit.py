@@ -31,7 +31,7 @@ from .pipeline_reward_edit import (
     FailureTextInput,
     RewardEditPipeline,
     ScoreInput,
-    _normalize_dtype_kwarg,
+    normalize_dtype_kwarg,
 )
 
 logger = logging.get_logger(__name__)
@@ -151,7 +151,7 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
     ) -> RewardSmartEditPipeline:
         """Load a saved SmartEdit folder (or Hub repo id: configs, safetensors and tokenizer files only)."""
-        _normalize_dtype_kwarg(kwargs)
+        normalize_dtype_kwarg(kwargs)
         if not os.path.isdir(pretrained_model_name_or_path):
             download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(

@@ -1,4 +1,4 @@
-"""Tiny, seeded fixtures shared by the training tests (no tests here): a triplet folder, rewards, one torch thread."""
+"""Tiny, seeded data files for the training tests: an InstructPix2Pix triplet folder and official-format rewards."""
 
 from __future__ import annotations
 
@@ -6,18 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU, spinning OpenMP threads make tiny models 10-100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_triplet_folder(root: Path, count: int, size: int = 32, seed: int = 0) -> list[str]:

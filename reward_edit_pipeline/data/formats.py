@@ -20,40 +20,21 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..rewards import PERSPECTIVES, join_failure_texts, validate_score_triple
+from ..judge.store import AnnotationStore, is_annotation_store
+from ..records import RewardRecord
+from ..rewards import NO_FAILURE_PART, PERSPECTIVES
+from .jsonl import iter_jsonl_objects
+from .triplets import is_saved_dataset_folder
 
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS: tuple[str, ...] = ("official-json", "jsonl", "parquet", "hf-dataset")
 OFFICIAL_SCORE_KEY = "Score"
 OFFICIAL_TEXT_KEY = "Negative Prompt"
-OFFICIAL_EMPTY_TEXT = "None"
 OFFICIAL_PROMPT_ID = "official-rewardedit20k"
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-@dataclass(frozen=True)
-class RewardRecord:
-    """The rewards of one triplet: scores and failure texts in the order following, preserving, quality."""
-
-    scores: tuple[float, float, float]
-    failure_texts: tuple[str, str, str]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "scores", validate_score_triple(self.scores, "scores"))
-        texts = tuple(self.failure_texts)
-        if len(texts) != len(PERSPECTIVES) or not all(isinstance(text, str) for text in texts):
-            raise ValueError(f"`failure_texts` must be 3 strings (following, preserving, quality), got {texts!r}")
-        object.__setattr__(self, "failure_texts", texts)
-
-    @property
-    def failure_text(self) -> str:
-        """The conditioning text: the three texts joined with ``"; "``, an empty one written ``"None"``."""
-        return join_failure_texts(self.failure_texts)
 
 
 # ----------------------------------------------------------------------------------------------------- export rows
@@ -78,10 +59,22 @@ def store_rows(store: Any) -> Iterator[dict[str, Any]]:
         }
 
 
-def _official_entry(scores: list[float], texts: list[str | None]) -> list[dict[str, Any]]:
+def read_failure_text(text: str | None) -> str:
+    """One per-perspective failure text as any format stores it → the `RewardRecord` spelling: ``None``, a blank
+    string and the official ``"None"`` all mean "nothing to report" and become ``""``; other texts are stripped."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise TypeError(f"a failure text must be a string or None, got {text!r}")
+    text = text.strip()
+    return "" if text == NO_FAILURE_PART else text
+
+
+def official_entries(record: RewardRecord) -> list[dict[str, Any]]:
+    """A record as its three official entries (``"None"`` for an empty failure text, the official spelling)."""
     return [
-        {OFFICIAL_SCORE_KEY: score, OFFICIAL_TEXT_KEY: (text or "").strip() or OFFICIAL_EMPTY_TEXT}
-        for score, text in zip(scores, texts)
+        {OFFICIAL_SCORE_KEY: score, OFFICIAL_TEXT_KEY: text or NO_FAILURE_PART}
+        for score, text in zip(record.scores, record.failure_texts)
     ]
 
 
@@ -90,8 +83,6 @@ def export_store(store_path: str | os.PathLike, export_format: str, output: str 
 
     ``official-json`` holds only complete items (the format has no place for failures); the others hold every item.
     """
-    from ..judge.store import AnnotationStore
-
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"`format` must be one of {EXPORT_FORMATS}, got {export_format!r}")
     output = Path(output)
@@ -102,7 +93,9 @@ def export_store(store_path: str | os.PathLike, export_format: str, output: str 
     temporary = output.with_name(output.name + ".tmp")
     if export_format == "official-json":
         data = {
-            row["id"]: _official_entry(row["scores"], row["failure_texts"]) for row in rows if row["status"] == "done"
+            str(row["id"]): official_entries(record_from_row(row, str(store_path)))
+            for row in rows
+            if row["status"] == "done"
         }
         temporary.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
         os.replace(temporary, output)
@@ -167,16 +160,14 @@ def parse_official_json(data: Any, source: str = "RewardEdit_20K.json") -> dict[
             if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
                 raise ValueError(f"{source}: {key!r} {perspective} score must be a number, got {score!r}")
             text = entry.get(OFFICIAL_TEXT_KEY, "")
-            if text is None:
-                text = ""
-            if not isinstance(text, str):
+            if text is not None and not isinstance(text, str):
                 raise ValueError(
                     f"{source}: {key!r} {perspective} {OFFICIAL_TEXT_KEY!r} must be a string, got {text!r}"
                 )
             scores.append(float(score))
-            texts.append(text)
+            texts.append(read_failure_text(text))
         try:
-            records[str(key)] = RewardRecord(tuple(scores), tuple(texts))  # type: ignore[arg-type]
+            records[str(key)] = RewardRecord(scores=tuple(scores), failure_texts=tuple(texts), item_id=str(key))
         except ValueError as error:
             raise ValueError(f"{source}: {key!r}: {error}") from None
     return records
@@ -189,31 +180,68 @@ def read_official_json(path: str | os.PathLike) -> dict[str, RewardRecord]:
 
 
 # ------------------------------------------------------------------------------------------------------ loading
+def record_from_row(row: Mapping[str, Any], source: str) -> RewardRecord:
+    """The `RewardRecord` of one complete export row (``status == "done"``)."""
+    texts = row.get("failure_texts") or [None] * len(PERSPECTIVES)
+    try:
+        return RewardRecord(
+            scores=tuple(row["scores"]),
+            failure_texts=tuple(read_failure_text(text) for text in texts),
+            item_id=str(row["id"]),
+        )
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: item {row['id']!r}: {error}") from None
+
+
+def is_complete_row(row: Mapping[str, Any]) -> bool:
+    """Whether an export row has a successful judgment for every perspective."""
+    scores = row.get("scores")
+    return row.get("status", "done") == "done" and scores is not None and all(score is not None for score in scores)
+
+
+def check_on_incomplete(on_incomplete: str) -> None:
+    if on_incomplete not in ("skip", "error"):
+        raise ValueError(f"`on_incomplete` must be 'skip' or 'error', got {on_incomplete!r}")
+
+
+def report_incomplete(
+    source: str | os.PathLike, item_ids: list[str], on_incomplete: str, consequence: str = "have no reward record"
+) -> None:
+    """The one rule for items without a successful judgment for every perspective: they are left out with a warning
+    naming how many and the first ids (``on_incomplete="skip"``), or they stop the reader (``"error"``)."""
+    check_on_incomplete(on_incomplete)
+    if not item_ids:
+        return
+    message = (
+        f"{source}: {len(item_ids)} item(s) are not judged on all three perspectives and {consequence} (first: "
+        f"{item_ids[:5]}); run `reward-edit annotate` again to retry them or `reward-edit export` to see reasons"
+    )
+    if on_incomplete == "error":
+        raise ValueError(message)
+    logger.warning(message + "; they are skipped")
+
+
 def _records_from_rows(rows: Iterator[dict[str, Any]], source: str) -> tuple[dict[str, RewardRecord], list[str]]:
     records: dict[str, RewardRecord] = {}
     incomplete: list[str] = []
     for row in rows:
-        scores = row.get("scores")
-        texts = row.get("failure_texts")
-        if row.get("status", "done") != "done" or scores is None or any(score is None for score in scores):
+        if is_complete_row(row):
+            records[str(row["id"])] = record_from_row(row, source)
+        else:
             incomplete.append(str(row["id"]))
-            continue
-        texts = [text or "" for text in (texts or ["", "", ""])]
-        try:
-            records[str(row["id"])] = RewardRecord(tuple(scores), tuple(texts))  # type: ignore[arg-type]
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{source}: item {row['id']!r}: {error}") from None
     return records, incomplete
 
 
-def _detect_format(path: Path) -> str:
+def detect_format(path: str | os.PathLike) -> str:
+    """The reward-record format of a path: ``"store"``, ``"official-json"``, ``"jsonl"``, ``"parquet"`` or
+    ``"hf-dataset"`` (a folder written by ``Dataset.save_to_disk``). Raises `ValueError` for anything else."""
+    path = Path(path)
     if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+        if is_saved_dataset_folder(path):
             return "hf-dataset"
         raise ValueError(f"{path}: a folder must be a saved datasets folder (dataset_info.json)")
-    with path.open("rb") as handle:
-        if handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
-            return "store"
+    if is_annotation_store(path):
+        return "store"
     suffix = path.suffix.lower()
     formats = {".json": "official-json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
     if suffix in formats:
@@ -221,6 +249,34 @@ def _detect_format(path: Path) -> str:
     raise ValueError(
         f"{path}: unknown reward-record format; use a store, .json (official), .jsonl, .parquet or a datasets folder"
     )
+
+
+def iter_export_rows(path: str | os.PathLike, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The export rows (see module docstring) of a store, or of its ``jsonl``/``parquet``/``hf-dataset`` export.
+
+    Args:
+        path: the store file or the export.
+        columns (`list[str]`, *optional*): read only these columns of a parquet or datasets export (all by default).
+    """
+    path = Path(path)
+    kind = detect_format(path)
+    if kind == "store":
+        with AnnotationStore(path, readonly=True) as store:
+            yield from store_rows(store)
+    elif kind == "jsonl":
+        for _, row in iter_jsonl_objects(path, expected="an export row object"):
+            yield row
+    elif kind == "parquet":
+        import pyarrow.parquet as pq
+
+        yield from pq.read_table(str(path), columns=columns).to_pylist()
+    elif kind == "hf-dataset":
+        import datasets
+
+        dataset = datasets.load_from_disk(str(path))
+        yield from dataset.select_columns(columns) if columns else dataset
+    else:
+        raise ValueError(f"{path}: {kind} holds no export rows (it is read by `read_official_json`)")
 
 
 def load_reward_records(
@@ -233,46 +289,16 @@ def load_reward_records(
         on_incomplete (`str`, defaults to ``"skip"``): items with failed or pending perspectives are skipped with a
             warning naming how many (``"skip"``) or raise (``"error"``).
     """
-    if on_incomplete not in ("skip", "error"):
-        raise ValueError(f"`on_incomplete` must be 'skip' or 'error', got {on_incomplete!r}")
+    check_on_incomplete(on_incomplete)
     if isinstance(source, Mapping):
         return parse_official_json(source, "<mapping>")
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"reward records not found: {path}")
-    kind = _detect_format(path)
+    kind = detect_format(path)
     if kind == "official-json":
         return read_official_json(path)
-    if kind == "store":
-        from ..judge.store import AnnotationStore
-
-        with AnnotationStore(path, readonly=True) as store:
-            records, incomplete = _records_from_rows(store_rows(store), str(path))
-    elif kind == "jsonl":
-
-        def jsonl_rows() -> Iterator[dict[str, Any]]:
-            with path.open(encoding="utf-8") as handle:
-                for line in handle:
-                    if line.strip():
-                        yield json.loads(line)
-
-        records, incomplete = _records_from_rows(jsonl_rows(), str(path))
-    elif kind == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(str(path), columns=["id", "status", "scores", "failure_texts"])
-        records, incomplete = _records_from_rows(iter(table.to_pylist()), str(path))
-    else:
-        import datasets
-
-        dataset = datasets.load_from_disk(str(path)).select_columns(["id", "status", "scores", "failure_texts"])
-        records, incomplete = _records_from_rows(iter(dataset), str(path))
-    if incomplete:
-        message = (
-            f"{path}: {len(incomplete)} item(s) lack a successful judgment for every perspective (first: "
-            f"{incomplete[:5]}); run `reward-edit annotate` again to retry them or `reward-edit export` to see reasons"
-        )
-        if on_incomplete == "error":
-            raise ValueError(message)
-        logger.warning(message + "; they are skipped")
+    rows = iter_export_rows(path, columns=["id", "status", "scores", "failure_texts"])
+    records, incomplete = _records_from_rows(rows, str(path))
+    report_incomplete(path, incomplete, on_incomplete)
     return records

@@ -1,0 +1,319 @@
+"""What the DiT reward pipelines (FLUX.1 Kontext, Qwen-Image-Edit) share.
+
+- reward inputs → tensors: `prepare_reward_inputs` (scores validated by `reward_edit_pipeline.rewards`, failure text
+  resolved there too) and `encode_unique_texts` (each distinct failure text is encoded once per call);
+- the reward condition handed to a transformer for one call (`RewardCondition`, built once per call by
+  `build_reward_condition`) and the reward-guidance combination (`combine_reward_guidance`);
+- saving and loading: the `model_index.json` rewrite and loader shims that make a saved folder load both with
+  `<PipelineClass>.from_pretrained(folder)` and `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..models.reward_conditioner import RewardConditioner
+from ..models.reward_dit_condition import RewardCondition, combine_reward_guidance, validate_reward_guidance_scale
+from ..rewards import BEST_SCORES, parse_reward_scores, resolve_failure_text
+
+PUBLIC_LIBRARY = "reward_edit_pipeline"
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "RewardCondition",
+    "RewardInputs",
+    "build_reward_condition",
+    "combine_reward_guidance",
+    "encode_unique_texts",
+    "prepare_reward_inputs",
+    "prepare_reward_scores",
+    "read_saved_model_index",
+    "resolve_failure_texts",
+    "rewrite_saved_model_index",
+    "run_edit",
+    "validate_reward_guidance_scale",
+]
+
+ScoreInput = Sequence[float] | Sequence[Sequence[float]] | torch.Tensor | np.ndarray
+FailureTextInput = str | tuple[str | None, ...] | list[str | tuple[str | None, ...] | None] | None
+
+
+def prepare_reward_scores(reward_scores: ScoreInput, batch_size: int) -> torch.Tensor:
+    """Validate `reward_scores` with `reward_edit_pipeline.rewards.parse_reward_scores` (a triple, a text such as
+    ``"5,5,5"``, a list of `batch_size` triples, or an array/tensor `[3]`/`[batch_size, 3]`; values in [0, 5], nothing
+    clamped) and return a float32 `[batch_size, 3]` tensor."""
+    return torch.tensor(
+        parse_reward_scores(reward_scores, batch_size=batch_size, name="reward_scores"), dtype=torch.float32
+    )
+
+
+def resolve_failure_texts(failure_text: FailureTextInput, batch_size: int, no_failure_text: str) -> list[str]:
+    """One failure-text string per prompt (`reward_edit_pipeline.rewards.resolve_failure_text`: `None`, `""` or blank
+    → `no_failure_text`); a list gives one entry per prompt, anything else applies to all."""
+    if isinstance(failure_text, list):
+        if len(failure_text) != batch_size:
+            raise ValueError(
+                f"`failure_text` as a list needs one entry per prompt ({batch_size}), got {len(failure_text)}; "
+                "pass a tuple for per-perspective texts (following, preserving, quality)"
+            )
+        return [resolve_failure_text(entry, no_failure_text) for entry in failure_text]
+    return [resolve_failure_text(failure_text, no_failure_text)] * batch_size
+
+
+@dataclass(frozen=True)
+class RewardInputs:
+    """Validated reward inputs of one pipeline call (one row per prompt)."""
+
+    reward_scores: torch.Tensor  # [batch, 3] float32
+    failure_texts: list[str]
+    use_null_reward: bool
+    reward_guidance_scale: float
+
+
+def prepare_reward_inputs(
+    reward_scores: ScoreInput | None,
+    failure_text: FailureTextInput,
+    reward_guidance_scale: float,
+    batch_size: int,
+    no_failure_text: str,
+) -> RewardInputs:
+    """Validate the user's reward arguments (the same meaning as in `RewardEditPipeline`).
+
+    `reward_scores=None` selects the null reward condition; it takes no failure text and no reward guidance.
+    """
+    reward_guidance_scale = validate_reward_guidance_scale(reward_guidance_scale)
+    use_null_reward = reward_scores is None
+    if use_null_reward:
+        if failure_text is not None or reward_guidance_scale > 1.0:
+            raise ValueError(
+                "`reward_scores=None` selects the null reward condition: it takes no `failure_text` and no "
+                "`reward_guidance_scale` > 1"
+            )
+        reward_scores = BEST_SCORES  # placeholder values, masked out by the null condition
+    return RewardInputs(
+        reward_scores=prepare_reward_scores(reward_scores, batch_size),
+        failure_texts=resolve_failure_texts(failure_text, batch_size, no_failure_text),
+        use_null_reward=use_null_reward,
+        reward_guidance_scale=reward_guidance_scale,
+    )
+
+
+def encode_unique_texts(texts: Sequence[str], encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+    """`encode` each distinct text once (in first-seen order) and return one row per entry of `texts`."""
+    unique_texts = list(dict.fromkeys(texts))
+    embeddings = encode(unique_texts)
+    if embeddings.shape[0] != len(unique_texts):
+        raise RuntimeError(f"text encoding returned {embeddings.shape[0]} rows for {len(unique_texts)} texts")
+    index = torch.tensor([unique_texts.index(text) for text in texts], device=embeddings.device)
+    return embeddings.index_select(0, index)
+
+
+def build_reward_condition(
+    conditioner: RewardConditioner,
+    inputs: RewardInputs,
+    failure_text_embeds: torch.Tensor,
+    num_images_per_prompt: int,
+    device: torch.device,
+) -> RewardCondition:
+    """Run the conditioner once for the whole call: one row per generated image (prompt-major order, as the
+    pipelines repeat prompt embeddings), plus the null condition when reward guidance is on."""
+    scores = inputs.reward_scores.to(device).repeat_interleave(num_images_per_prompt, dim=0)
+    text_embeds = failure_text_embeds.to(device).repeat_interleave(num_images_per_prompt, dim=0)
+    rows = scores.shape[0]
+    null_mask = torch.full((rows,), inputs.use_null_reward, dtype=torch.bool, device=device)
+    embeddings = conditioner(scores, text_embeds, null_mask if inputs.use_null_reward else None)
+    null_embeddings = None
+    if inputs.reward_guidance_scale > 1.0:
+        null_embeddings = conditioner(scores, text_embeds, torch.ones(rows, dtype=torch.bool, device=device))
+    return RewardCondition(embeddings, null_embeddings, inputs.reward_guidance_scale)
+
+
+# ---------------------------------------------------------------------------------------------- saving and loading
+LOADER_SHIM_TEMPLATE = '''"""Loader shim for `diffusers.DiffusionPipeline.from_pretrained(<this folder or repo>, trust_remote_code=True)`.
+
+It only imports the installed package (`pip install reward-edit-pipeline`); it downloads and runs no other code.
+`reward_edit_pipeline.{class_name}.from_pretrained(...)` loads this folder without executing this file.
+"""
+
+from reward_edit_pipeline import {class_name}
+
+__all__ = ["{class_name}"]
+'''
+
+COMPONENT_SHIM_TEMPLATE = '''"""Loader shim for `DiffusionPipeline.from_pretrained(<this repo>, trust_remote_code=True)`: diffusers needs a
+`<component>/reward_edit_pipeline.py` for a component whose class comes from the installed `reward-edit-pipeline`
+package. It holds no model code; the package's own `from_pretrained` never runs it.
+"""
+
+from reward_edit_pipeline import {class_name}  # noqa: F401
+'''
+
+
+def rewrite_saved_model_index(
+    save_directory: str | os.PathLike, pipeline_class_name: str, loader_stem: str, package_classes: dict[str, type]
+) -> None:
+    """After `DiffusionPipeline.save_pretrained`: name the pipeline `[loader_stem, class]` and this package's
+    components `["reward_edit_pipeline", class]`, and write the loader shims those entries need."""
+    index_path = os.path.join(save_directory, "model_index.json")
+    with open(index_path, encoding="utf-8") as handle:
+        model_index = json.load(handle)
+    model_index["_class_name"] = [loader_stem, pipeline_class_name]
+    for name, entry in model_index.items():
+        if isinstance(entry, list) and len(entry) == 2 and entry[1] in package_classes:
+            model_index[name] = [PUBLIC_LIBRARY, entry[1]]
+    with open(index_path, "w", encoding="utf-8") as handle:
+        json.dump(model_index, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    with open(os.path.join(save_directory, f"{loader_stem}.py"), "w", encoding="utf-8") as handle:
+        handle.write(LOADER_SHIM_TEMPLATE.format(class_name=pipeline_class_name))
+    for name, entry in model_index.items():
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] == PUBLIC_LIBRARY:
+            with open(os.path.join(save_directory, name, f"{PUBLIC_LIBRARY}.py"), "w", encoding="utf-8") as handle:
+                handle.write(COMPONENT_SHIM_TEMPLATE.format(class_name=entry[1]))
+
+
+def read_saved_model_index(
+    config: dict[str, Any], pipeline_class_name: str, loader_stem: str, package_classes: dict[str, type]
+) -> dict[str, Any]:
+    """Inverse of `rewrite_saved_model_index` for loading through the pipeline class itself (no remote code):
+    the pipeline class name is read back plainly and each package component points at its defining module."""
+    class_name = config.get("_class_name")
+    if isinstance(class_name, (list, tuple)) and list(class_name) == [loader_stem, pipeline_class_name]:
+        config["_class_name"] = pipeline_class_name
+    for name, entry in config.items():
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] == PUBLIC_LIBRARY and isinstance(entry[1], str):
+            component_class = package_classes.get(entry[1])
+            if component_class is not None:
+                config[name] = [component_class.__module__, entry[1]]
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- front ends
+def run_edit(
+    pipe: Any,
+    instruction: str,
+    image: Any,
+    *,
+    reward_scores: ScoreInput | None = BEST_SCORES,
+    failure_text: FailureTextInput = None,
+    num_inference_steps: int = 30,
+    guidance_scale: float | None = None,
+    image_guidance_scale: float | None = None,
+    reward_guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Any:
+    """One edit through any reward pipeline (the SD `RewardEditPipeline` or a DiT one), for the CLI and benchmark.
+
+    SD (any pipeline without the class attribute `is_dit_reward_pipeline = True`): the arguments are passed as they
+    are (prompt first). DiT editors (image first, then prompt): `guidance_scale` is their own
+    guidance (`None` keeps the pipeline's default), `image_guidance_scale` does not exist for them (a value is
+    logged and not used); the edit runs at the input size when the pipeline offers `input_size_call_kwargs` (FLUX.1
+    Kontext: rounded down to a multiple of 16), and the edited PIL image is resized (Lanczos) back to the input size
+    when it differs. Returns the pipeline's output object.
+    """
+    if not getattr(pipe, "is_dit_reward_pipeline", False):
+        return pipe(
+            instruction,
+            image=image,
+            reward_scores=reward_scores,
+            failure_text=failure_text,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=7.5 if guidance_scale is None else guidance_scale,
+            image_guidance_scale=1.5 if image_guidance_scale is None else image_guidance_scale,
+            reward_guidance_scale=reward_guidance_scale,
+            generator=generator,
+        )
+    if image_guidance_scale is not None:
+        logger.info(
+            "%s has no image guidance; image_guidance_scale=%s is not used", type(pipe).__name__, image_guidance_scale
+        )
+    extra = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+    if hasattr(pipe, "input_size_call_kwargs"):
+        extra.update(pipe.input_size_call_kwargs(image))
+    output = pipe(
+        image=image,
+        prompt=instruction,
+        reward_scores=reward_scores,
+        failure_text=failure_text,
+        reward_guidance_scale=reward_guidance_scale,
+        num_inference_steps=num_inference_steps,
+        generator=generator,
+        output_type="pil",
+        **extra,
+    )
+    size = getattr(image, "size", None)
+    if isinstance(size, tuple) and output.images and output.images[0].size != size:
+        import PIL.Image
+
+        output.images = [edited.resize(size, PIL.Image.Resampling.LANCZOS) for edited in output.images]
+    return output
+
+
+# ---------------------------------------------------------------------------------------------- trained adapters
+#: written by `reward-edit train --backbone ...` into `<output_dir>/reward_lora/` next to the LoRA
+REWARD_ADAPTER_MODULES_FILE = "reward_modules.safetensors"
+REWARD_ADAPTER_CONFIG_KEYS: tuple[str, ...] = (
+    "failure_text_embed_dim",
+    "reward_num_scores",
+    "reward_sinusoid_dim",
+    "reward_token_dim",
+    "no_failure_text",
+)
+
+
+def read_reward_adapter_config(adapter_folder: str | os.PathLike) -> dict[str, Any]:
+    """The reward settings (`REWARD_ADAPTER_CONFIG_KEYS`) recorded in a trainer's `reward_lora/config.json`."""
+    config_path = os.path.join(os.fspath(adapter_folder), "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(
+            f"`adapter_folder` {os.fspath(adapter_folder)!r} has no config.json (a trainer's reward_lora/)"
+        )
+    with open(config_path, encoding="utf-8") as handle:
+        adapter_config = json.load(handle)
+    return {name: adapter_config[name] for name in REWARD_ADAPTER_CONFIG_KEYS if name in adapter_config}
+
+
+def load_reward_adapter_into(pipe: Any, adapter_folder: str | os.PathLike) -> None:
+    """Load a trainer's `reward_lora/` onto a reward DiT pipeline: the reward modules (all keys required, settings
+    must match the pipeline's transformer) and the LoRA (`pytorch_lora_weights.safetensors`, via the pipeline's
+    `load_lora_weights`)."""
+    from safetensors.torch import load_file
+
+    folder = os.fspath(adapter_folder)
+    weights_path = os.path.join(folder, REWARD_ADAPTER_MODULES_FILE)
+    if not os.path.isfile(weights_path):
+        raise FileNotFoundError(
+            f"`adapter_folder` {folder!r} has no {REWARD_ADAPTER_MODULES_FILE} (a trainer's reward_lora/)"
+        )
+    adapter_config = read_reward_adapter_config(folder)
+    transformer = pipe.transformer
+    mismatched = {
+        name: (value, transformer.config[name])
+        for name, value in adapter_config.items()
+        if name != "no_failure_text" and value != transformer.config[name]
+    }
+    if mismatched:
+        raise ValueError(
+            f"the reward adapter in {folder!r} was trained with other reward settings {{name: (adapter, pipeline)}}: "
+            f"{mismatched}; wrap the base with from_base(pipe, **those settings) first"
+        )
+    state = load_file(weights_path)
+    expected = {
+        name for name in transformer.state_dict() if name.startswith(("reward_conditioner.", "reward_attention."))
+    }
+    if set(state) != expected:
+        raise ValueError(
+            f"{weights_path} does not match this transformer's reward modules: missing "
+            f"{sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}"
+        )
+    transformer.load_state_dict(state, strict=False)
+    if os.path.isfile(os.path.join(folder, "pytorch_lora_weights.safetensors")):
+        pipe.load_lora_weights(folder)

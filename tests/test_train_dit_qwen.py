@@ -1,0 +1,132 @@
+"""`reward-edit train --backbone qwen-image-edit` on tiny components (CPU): learning, exact resume, outputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reward_edit_pipeline.train.args import parse_args  # noqa: E402
+from reward_edit_pipeline.train.data import SkipCounter  # noqa: E402
+from reward_edit_pipeline.train.dit import BACKBONES, TRAINABLE_FILE, train_dit  # noqa: E402
+from reward_edit_pipeline.train.sources import load_training_examples  # noqa: E402
+from test_train_fixtures import single_torch_thread, write_official_rewards, write_triplet_folder  # noqa: E402, F401
+
+from reward_edit_pipeline.cli import main as cli_main  # noqa: E402
+from reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit import (  # noqa: E402
+    RewardQwenImageEditPipeline,
+    RewardQwenImageEditPlusPipeline,
+)
+from reward_edit_pipeline.testing_qwenimage import (  # noqa: E402
+    TINY_REFERENCE_AREA,
+    dummy_qwen_edit_call_kwargs,
+    save_dummy_qwen_edit_folder,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_dit_qwen")
+    save_dummy_qwen_edit_folder(root / "qwen-edit")
+    save_dummy_qwen_edit_folder(root / "qwen-edit-2511", plus=True)
+    keys = write_triplet_folder(root / "data", 4)
+    write_official_rewards(root / "RewardEdit_20K.json", keys)
+    return root
+
+
+def _argv(workspace: Path, output: Path, *extra: str, base: str = "qwen-edit") -> list[str]:
+    return [
+        "--backbone", "qwen-image-edit",
+        "--pretrained_model_name_or_path", str(workspace / base),
+        "--train_data_dir", str(workspace / "data"),
+        "--rewards", str(workspace / "RewardEdit_20K.json"),
+        "--output_dir", str(output),
+        "--resolution", "32", "--train_batch_size", "2", "--gradient_accumulation_steps", "1",
+        "--checkpointing_steps", "2", "--learning_rate", "3e-3", "--lora_rank", "4", "--reward_token_dim", "16",
+        "--mixed_precision", "no", "--dataloader_num_workers", "0", "--report_to", "none",
+    ] + list(extra)  # fmt: skip
+
+
+@torch.no_grad()
+def _fixed_loss(pipe, args) -> float:
+    """Mean flow-matching loss over the training examples with fixed noise, sigmas and no reward dropout."""
+    adapter = BACKBONES["qwen-image-edit"]
+    examples = load_training_examples(args, SkipCounter())
+    cache = adapter.encode_examples(pipe, examples, args.resolution, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(1234)
+    rows = torch.arange(len(examples))
+    no_dropout = torch.zeros(len(examples), dtype=torch.bool)
+    losses = [
+        adapter.training_loss(pipe.transformer, cache, rows, generator, no_dropout, args).item() for _ in range(8)
+    ]
+    return float(np.mean(losses))
+
+
+def test_lora_and_reward_training_lowers_the_loss_and_saves_loadable_outputs(workspace, tmp_path):
+    output = tmp_path / "run"
+    assert cli_main(["train", *_argv(workspace, output, "--max_train_steps", "30")]) == 0
+    args = parse_args(_argv(workspace, output, "--max_train_steps", "30"))
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["global_step"] == 30 and summary["backbone"] == "qwen-image-edit"
+
+    base = RewardQwenImageEditPipeline.from_qwen_image_edit(
+        workspace / "qwen-edit", reward_config={"reward_token_dim": 16}
+    )
+    trained = RewardQwenImageEditPipeline.from_pretrained(output)
+    before, after = _fixed_loss(base, args), _fixed_loss(trained, args)
+    assert after < 0.8 * before, (before, after)
+
+    # reward modules were trained (value projections left zero) and LoRA was merged into the base weights
+    assert any(module.to_v.weight.abs().max() > 0 for module in trained.transformer.reward_attention)
+    base_q = base.transformer.transformer_blocks[0].attn.to_q.weight
+    assert not torch.equal(trained.transformer.transformer_blocks[0].attn.to_q.weight, base_q)
+    assert (output / "reward_lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (output / "reward_lora" / "reward_modules.safetensors").is_file()
+    trained.set_progress_bar_config(disable=True)
+    trained.vae_image_area = TINY_REFERENCE_AREA
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (32, 32, 3), dtype=np.uint8))
+    call = dict(image=image, prompt="invert the red", reward_scores=(4, 2, 5), **dummy_qwen_edit_call_kwargs())
+    edited = trained(**call, generator=torch.Generator().manual_seed(0)).images
+    assert edited.shape == (1, 32, 32, 3) and np.isfinite(edited).all()
+
+    # the small release: stock checkpoint + reward_lora/ (LoRA unmerged) edits like the merged full folder
+    adapted = RewardQwenImageEditPipeline.from_reward_adapter(
+        workspace / "qwen-edit", output / "reward_lora", vae_image_area=TINY_REFERENCE_AREA
+    )
+    adapted.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(adapted(**call, generator=torch.Generator().manual_seed(0)).images, edited, atol=1e-4)
+    unadapted = RewardQwenImageEditPipeline.from_qwen_image_edit(
+        workspace / "qwen-edit", reward_config={"reward_token_dim": 8}
+    )
+    with pytest.raises(ValueError, match="other reward settings"):
+        unadapted.load_reward_adapter(output / "reward_lora")
+
+
+def test_resume_continues_exactly_on_the_plus_layout(workspace, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    plus = {"base": "qwen-edit-2511"}
+    train_dit(parse_args(_argv(workspace, straight, "--max_train_steps", "4", "--no-gradient_checkpointing", **plus)))
+    train_dit(parse_args(_argv(workspace, resumed, "--max_train_steps", "2", **plus)))
+    summary = train_dit(
+        parse_args(_argv(workspace, resumed, "--max_train_steps", "4", "--resume_from_checkpoint", "latest", **plus))
+    )
+    assert summary["global_step"] == 4
+    expected = load_file(straight / "checkpoint-4" / TRAINABLE_FILE)
+    got = load_file(resumed / "checkpoint-4" / TRAINABLE_FILE)
+    assert set(got) == set(expected) and any(name.startswith("reward_attention.") for name in got)
+    assert any("lora_A" in name for name in got)
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+    straight_losses = json.loads((straight / "summary.json").read_text())["losses"]
+    assert summary["losses"] == straight_losses
+    reloaded = RewardQwenImageEditPlusPipeline.from_pretrained(resumed)
+    assert reloaded.transformer.config.zero_cond_t
