@@ -23,6 +23,9 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "RewardQwenImageTransformer2DModel": "reward_edit_pipeline.models.transformer_qwenimage_reward",
     "RewardQwenImageEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
     "RewardQwenImageEditPlusPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit",
+    "RewardSmartEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_smartedit",
+    "SmartEditPipeline": "reward_edit_pipeline.pipelines.pipeline_reward_smartedit",
+    "SmartEditBridge": "reward_edit_pipeline.models.smartedit_bridge",
     "load_pipeline": "reward_edit_pipeline.loading",
     # `DiffusionPipeline.from_pretrained` looks a component's base classes up on its library module (here: this one)
     # to pick the method that loads it, so the library module must expose them (docs/architecture.md, "Loading").
@@ -39,6 +42,9 @@ __all__ = [
     "RewardQwenImageTransformer2DModel",
     "RewardQwenImageEditPipeline",
     "RewardQwenImageEditPlusPipeline",
+    "RewardSmartEditPipeline",
+    "SmartEditPipeline",
+    "SmartEditBridge",
     "load_pipeline",
     "__version__",
 ]
@@ -47,6 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from diffusers import DiffusionPipeline, ModelMixin  # noqa: F401
 
     from .loading import load_pipeline
+    from .models.smartedit_bridge import SmartEditBridge
     from .models.transformer_flux_reward import RewardFluxTransformer2DModel
     from .models.transformer_qwenimage_reward import RewardQwenImageTransformer2DModel
     from .models.unet_2d_reward import LatentRewardAttention, RewardUNet2DConditionModel
@@ -56,6 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
         RewardQwenImageEditPipeline,
         RewardQwenImageEditPlusPipeline,
     )
+    from .pipelines.pipeline_reward_smartedit import RewardSmartEditPipeline, SmartEditPipeline
 
 
 def _read_version() -> str:

@@ -60,7 +60,8 @@ def converted_cache_dir() -> Path:
 
 
 def detect_layout(folder: str | os.PathLike) -> str:
-    """Classify a local folder: `"reward"` (saved RewardEditPipeline), `"official"` (official stage-2 folder),
+    """Classify a local folder: `"reward"` (saved RewardEditPipeline), `"smartedit"` (saved RewardSmartEditPipeline),
+    `"official"` (official stage-2 folder),
     `"official-root"` (the release root holding `stage2_reward_instruct_pix2pix/`), `"instruct-pix2pix"`,
     `"reward-dit"` (a saved DiT reward pipeline, e.g. `RewardFluxKontextPipeline`) or `"stock-dit"` (a stock DiT
     editor such as `FluxKontextPipeline`, see `DIT_STOCK_PIPELINES`).
@@ -78,6 +79,8 @@ def detect_layout(folder: str | os.PathLike) -> str:
             f"`model` folder {str(folder)!r} has no model_index.json: not a diffusers pipeline folder"
         )
     model_index = json.loads(index_path.read_text(encoding="utf-8"))
+    if "bridge" in model_index and "llm" in model_index:  # a saved RewardSmartEditPipeline (docs/smartedit.md)
+        return "smartedit"
     pipeline_class = model_index.get("_class_name")
     if isinstance(pipeline_class, list) and pipeline_class:  # saved reward pipelines: [loader module, class]
         pipeline_class = pipeline_class[-1]
@@ -113,6 +116,10 @@ def has_official_reward_keys(unet_folder: str | os.PathLike) -> bool:
 def load_local_pipeline(folder: str | os.PathLike, **kwargs: Any) -> RewardEditPipeline:
     """Load a local folder of any supported layout (see `detect_layout`)."""
     layout = detect_layout(folder)
+    if layout == "smartedit":
+        from .pipelines.pipeline_reward_smartedit import RewardSmartEditPipeline
+
+        return RewardSmartEditPipeline.from_pretrained(folder, **kwargs)
     if layout in ("reward-dit", "stock-dit"):
         return _load_dit_pipeline(folder, layout, **kwargs)
     if layout == "reward":

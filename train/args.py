@@ -306,7 +306,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.backbone != "sd15":
+        if args.backbone not in ("sd15", "smartedit"):
             from .dit import validate_dit_args
 
             validate_dit_args(args)

@@ -16,7 +16,10 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import resolve_device, resolve_mixed_precision
     from .train import configure_logging, train
 
-    dit = getattr(args, "backbone", "sd15") != "sd15"  # DiT editors: LoRA + reward modules (train/dit.py)
+    dit = getattr(args, "backbone", "sd15") not in (
+        "sd15",
+        "smartedit",
+    )  # DiT editors: LoRA + reward modules (train/dit.py)
     try:
         if dit:
             from .dit import validate_dit_args
@@ -30,6 +33,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"reward-edit train: error: {error}", file=sys.stderr)
         return 2
     configure_logging()
+    if args.backbone == "smartedit":  # SmartEdit stage 2 (train/smartedit.py, docs/smartedit.md)
+        from .smartedit import train_smartedit
+
+        try:
+            train_smartedit(args)
+        except ValueError as error:
+            import sys
+
+            print(f"reward-edit train: error: {error}", file=sys.stderr)
+            return 2
+        return 0
     if dit:
         from .dit import train_dit
 

@@ -39,7 +39,7 @@ from .dit_backbones import BACKBONES, DitBackboneAdapter, register_backbone
 logger = logging.getLogger(__name__)
 
 DIT_BACKBONES: tuple[str, ...] = ("flux-kontext", "qwen-image-edit")
-BACKBONE_CHOICES: tuple[str, ...] = ("sd15", *DIT_BACKBONES)
+BACKBONE_CHOICES: tuple[str, ...] = ("sd15", "smartedit", *DIT_BACKBONES)  # smartedit: train/smartedit.py
 CHECKPOINT_PREFIX = "checkpoint-"
 ADAPTER_FOLDER = "reward_lora"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -59,7 +59,8 @@ def add_dit_arguments(parser: argparse.ArgumentParser) -> None:
         help=(
             "sd15: the paper's InstructPix2Pix UNet (needs --stage). flux-kontext: FLUX.1 Kontext [dev] "
             "(--pretrained_model_name_or_path: a FluxKontextPipeline folder, wrapped with zero-initialised reward "
-            "modules, or a RewardFluxKontextPipeline folder to continue). qwen-image-edit: Qwen-Image-Edit."
+            "modules, or a RewardFluxKontextPipeline folder to continue). qwen-image-edit: Qwen-Image-Edit. "
+            "smartedit: stage 2 of a converted SmartEdit folder (docs/smartedit.md)."
         ),
     )
     group.add_argument("--lora_rank", type=int, default=16, help="DiT: LoRA rank on the attention projections.")

@@ -766,6 +766,11 @@ def configure_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
+    if args.backbone == "smartedit":  # SmartEdit stage 2 (train/smartedit.py)
+        from .smartedit import train_smartedit
+
+        train_smartedit(args)
+        return 0
     if args.backbone != "sd15":  # DiT editors: LoRA + reward modules (train/dit.py)
         from .dit import train_dit
 
