@@ -561,8 +561,8 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
                 "`reward_condition` must be the RewardConditionEmbeddings returned by `compute_reward_condition`, "
                 f"got {type(condition).__name__}"
             )
-        global_dim = self.reward_conditioner.reward_time_embedding.linear_2.out_features
-        token_dim = self.latent_reward_attention.proj_in.in_channels
+        global_dim = self.time_embedding.linear_2.out_features
+        token_dim = self.config.block_out_channels[0]
         global_embedding, tokens = condition.global_embedding, condition.tokens
         if (
             global_embedding.ndim != 2
