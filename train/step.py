@@ -112,6 +112,8 @@ def training_loss(unet: Any, batch: dict[str, Any], ctx: LossContext) -> tuple[t
         target = ctx.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+    # One forward per micro-batch: the UNet embeds the rewards inside its (stateless) forward, the same code path a
+    # sampler uses with a precomputed `reward_condition`; nothing is stored on the module, so DDP and threads are safe.
     prediction = unet(model_input, timesteps, prompt_embeds, **reward_kwargs).sample
     loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
     return (loss * 0.0 if empty else loss), size

@@ -156,7 +156,11 @@ class LatentRewardAttention(nn.Module):
         """`to_out(softmax(to_q(q) to_k(c)ᵀ / √d) to_v(c))` per head, computed with the folded projections.
 
         query_tokens: `[B, N, C]`; condition_tokens: `[B, T, C]`; returns `[B, N, C]`.
+        When `to_q` or `to_out` is wrapped (e.g. by a PEFT LoRA layer), the projections are called as modules
+        instead, so the wrapper takes effect.
         """
+        if type(self.to_q) is not nn.Linear or type(self.to_out) is not nn.Linear:
+            return self._attend_unfolded(query_tokens, condition_tokens)
         batch, num_tokens, channels = condition_tokens.shape
         heads, head_dim = self.num_heads, self.head_dim
         scale = 1.0 / math.sqrt(head_dim)
@@ -183,18 +187,37 @@ class LatentRewardAttention(nn.Module):
         )
         return torch.baddbmm(self.to_out.bias, probs.reshape(batch, -1, heads * num_tokens), folded_values)
 
+    def _attend_unfolded(self, query_tokens: torch.Tensor, condition_tokens: torch.Tensor) -> torch.Tensor:
+        batch, num_tokens, channels = condition_tokens.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        queries = self.to_q(query_tokens).view(batch, -1, heads, head_dim).transpose(1, 2)
+        keys = self.to_k(condition_tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
+        values = self.to_v(condition_tokens).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
+        probs = (queries @ keys.transpose(-1, -2) / math.sqrt(head_dim)).softmax(dim=-1)
+        probs = F.dropout(probs, p=self.dropout, training=self.training)
+        context = (probs @ values).transpose(1, 2).reshape(batch, -1, channels)
+        return self.to_out(context)
+
+    def _pointwise_conv(self, conv: nn.Module, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """A 1×1 convolution applied to `[B, H·W, C]` tokens: as a linear layer for a plain `nn.Conv2d` (same weights
+        and maths, faster on CPU); as a module call on the image layout when it is wrapped (e.g. by LoRA)."""
+        batch, _, channels = tokens.shape
+        if type(conv) is nn.Conv2d:
+            return F.linear(tokens, conv.weight.view(conv.out_channels, channels), conv.bias)
+        image = tokens.transpose(1, 2).reshape(batch, channels, height, width)
+        return conv(image).flatten(2).transpose(1, 2)
+
     def forward(self, hidden_states: torch.Tensor, condition_tokens: torch.Tensor) -> torch.Tensor:
         """hidden_states: `[B, C, H, W]`; condition_tokens: `[B, T, C]`; returns the residual `[B, C, H, W]`."""
         batch, channels, height, width = hidden_states.shape
-        # The 1×1 convolutions run as linear layers on the token layout (same weights and maths, faster on CPU).
         normed_tokens = self.norm(hidden_states).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-        query_tokens = F.linear(normed_tokens, self.proj_in.weight.view(channels, channels), self.proj_in.bias)
+        query_tokens = self._pointwise_conv(self.proj_in, normed_tokens, height, width)
         attended = F.dropout(self.attend(query_tokens, condition_tokens), p=self.dropout, training=self.training)
         attended = self.attn_norm(attended + query_tokens)
         feed_forward = self.ff_out(F.gelu(self.ff_in(attended)))
         feed_forward = F.dropout(feed_forward, p=self.dropout, training=self.training)
         output = self.ff_norm(feed_forward + attended)
-        output = F.linear(output, self.proj_out.weight.view(channels, channels), self.proj_out.bias)
+        output = self._pointwise_conv(self.proj_out, output, height, width)
         return output.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
@@ -538,8 +561,8 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
                 "`reward_condition` must be the RewardConditionEmbeddings returned by `compute_reward_condition`, "
                 f"got {type(condition).__name__}"
             )
-        global_dim = self.reward_conditioner.reward_time_embedding.linear_2.out_features
-        token_dim = self.latent_reward_attention.proj_in.in_channels
+        global_dim = self.time_embedding.linear_2.out_features
+        token_dim = self.config.block_out_channels[0]
         global_embedding, tokens = condition.global_embedding, condition.tokens
         if (
             global_embedding.ndim != 2
