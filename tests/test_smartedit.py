@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from reward_edit_pipeline.models.smartedit_bridge import SmartEditBridge
-from reward_edit_pipeline.pipelines.pipeline_reward_smartedit import RewardSmartEditPipeline, conv_in_residual
+from reward_edit_pipeline.pipelines.pipeline_reward_smartedit import RewardSmartEditPipeline
 from reward_edit_pipeline.testing_smartedit import (
     LLM_WIDTH,
     NUM_IMAGE_TOKENS,
@@ -274,14 +274,14 @@ def test_forward_parity_float64():
 
     with torch.no_grad():
         ours = bridge(states, features, (8, 8))
-        with conv_in_residual(unet, ours.image_residual):
-            ours_eps = unet(
-                sample,
-                500,
-                encoder_hidden_states=ours.encoder_hidden_states,
-                reward_scores=scores,
-                failure_text_embeds=failure,
-            ).sample
+        ours_eps = unet(
+            sample,
+            500,
+            encoder_hidden_states=ours.encoder_hidden_states,
+            reward_scores=scores,
+            failure_text_embeds=failure,
+            conv_in_residual=ours.image_residual,
+        ).sample
         ref_text, ref_residual = _reference_bridge(bridge, states, features, (8, 8))
         reference_unet = copy.deepcopy(unet)
         reference_unet.conv_in = _ConvWithResidual(unet.conv_in, ref_residual)
@@ -300,6 +300,29 @@ def test_forward_parity_float64():
     with torch.no_grad():
         plain = unet(sample, 500, encoder_hidden_states=ref_text, reward_scores=scores, failure_text_embeds=failure)
     assert (plain.sample - ref_eps).abs().max() > 1e-6
+
+
+def test_conv_in_residual_of_the_wrong_shape_is_refused_by_name():
+    unet = get_dummy_smartedit_components()["unet"]
+    sample = torch.randn(1, unet.config.in_channels, 8, 8)
+    text = torch.randn(1, 4, unet.config.cross_attention_dim)
+    failure = torch.zeros(1, unet.config.failure_text_embed_dim)
+    right = torch.ones(1, unet.config.block_out_channels[0], 8, 8)
+    with torch.no_grad():
+        plain = unet(sample, 1, text, reward_scores=[5.0, 5.0, 5.0], failure_text_embeds=failure).sample
+        shifted = unet(
+            sample, 1, text, reward_scores=[5.0, 5.0, 5.0], failure_text_embeds=failure, conv_in_residual=right
+        ).sample
+        assert not torch.allclose(plain, shifted)
+        with pytest.raises(ValueError, match="conv_in_residual"):
+            unet(
+                sample,
+                1,
+                text,
+                reward_scores=[5.0, 5.0, 5.0],
+                failure_text_embeds=failure,
+                conv_in_residual=right[..., :4, :4],
+            )
 
 
 def test_reference_bilinear_matches_definition_on_a_known_case():

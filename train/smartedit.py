@@ -80,7 +80,6 @@ def smartedit_training_loss(
     reward_dropout_prob: float,
 ) -> torch.Tensor:
     """The loss of one micro-batch (see the module docstring)."""
-    from reward_edit_pipeline.pipelines.pipeline_reward_smartedit import conv_in_residual
 
     device = null_text.device
     original, edited = batch["original_pixel_values"].to(device), batch["edited_pixel_values"].to(device)
@@ -108,15 +107,15 @@ def smartedit_training_loss(
     keep_image = 1.0 - ((uniform >= p) & (uniform < 3 * p)).float()
     model_input = torch.cat([noisy, original_latents * keep_image.view(-1, 1, 1, 1)], dim=1)
     null_reward_mask = torch.rand(rows, generator=generator) < reward_dropout_prob
-    with conv_in_residual(pipe.unet, conditions.image_residual):
-        prediction = pipe.unet(
-            model_input,
-            timesteps,
-            encoder_hidden_states=text,
-            reward_scores=batch["reward_scores"].to(device),
-            failure_text_embeds=failure_text_table[batch["failure_text_index"]],
-            null_reward_mask=null_reward_mask,
-        ).sample
+    prediction = pipe.unet(
+        model_input,
+        timesteps,
+        encoder_hidden_states=text,
+        reward_scores=batch["reward_scores"].to(device),
+        failure_text_embeds=failure_text_table[batch["failure_text_index"]],
+        null_reward_mask=null_reward_mask,
+        conv_in_residual=conditions.image_residual,
+    ).sample
     return F.mse_loss(prediction.float(), noise.float())
 
 

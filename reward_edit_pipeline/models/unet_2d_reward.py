@@ -655,6 +655,7 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
         failure_text_embeds: torch.Tensor | None = None,
         null_reward_mask: torch.Tensor | None = None,
         reward_condition: RewardConditionEmbeddings | None = None,
+        conv_in_residual: torch.Tensor | None = None,
     ) -> UNet2DConditionOutput | tuple:
         r"""The `UNet2DConditionModel` forward plus the reward condition (all parent arguments unchanged).
 
@@ -668,6 +669,9 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
             reward_condition ([`RewardConditionEmbeddings`], *optional*):
                 The output of `compute_reward_condition`, instead of the three arguments above (a sampler computes it
                 once per call). One row is broadcast over the batch.
+            conv_in_residual (`torch.Tensor` of shape `[B, C, H, W]`, *optional*):
+                Added to `conv_in`'s output before the latent reward attention (SmartEdit's BIM image feature); its
+                shape must equal that output's (`C` = `block_out_channels[0]`, `H, W` = the latent size).
 
         The official call style `added_cond_kwargs={"reward_scores": ..., "negative_embeds": ..., "image_embeds": ...}`
         is accepted too; `image_embeds` has no effect, as in the official model.
@@ -723,6 +727,13 @@ class RewardUNet2DConditionModel(UNet2DConditionModel):
 
         # 2. pre-process
         sample = self.conv_in(sample)
+        if conv_in_residual is not None:  # SmartEdit's image feature (`pipelines/pipeline_reward_smartedit.py`)
+            if conv_in_residual.shape != sample.shape:
+                raise ValueError(
+                    f"`conv_in_residual` must have the conv_in output's shape {tuple(sample.shape)}, "
+                    f"got {tuple(conv_in_residual.shape)}"
+                )
+            sample = sample + conv_in_residual.to(sample.dtype)
         # [reward] addition 2: the conv_in features attend to the reward and failure-text tokens
         sample = sample + self.latent_reward_attention(sample, condition.tokens.to(sample.dtype))
 

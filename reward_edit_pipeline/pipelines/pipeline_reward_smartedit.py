@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -52,27 +51,7 @@ from reward_edit_pipeline import RewardSmartEditPipeline
 __all__ = ["RewardSmartEditPipeline"]
 '''
 
-__all__ = ["RewardSmartEditPipeline", "SmartEditPipeline", "conv_in_residual"]
-
-
-@contextmanager
-def conv_in_residual(unet: torch.nn.Module, residual: torch.Tensor) -> Iterator[None]:
-    """While active, `unet.conv_in`'s output gets `residual` added (SmartEdit's BIM image feature), before anything
-    else the UNet does with it (the hook runs first, so the latent reward attention sees `conv_in(x) + residual`)."""
-
-    def add_residual(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        if output.shape != residual.shape:
-            raise ValueError(
-                f"the BIM image residual {tuple(residual.shape)} does not match the UNet's conv_in output "
-                f"{tuple(output.shape)}"
-            )
-        return output + residual.to(output.dtype)
-
-    handle = unet.conv_in.register_forward_hook(add_residual, prepend=True)
-    try:
-        yield
-    finally:
-        handle.remove()
+__all__ = ["RewardSmartEditPipeline", "SmartEditPipeline"]
 
 
 class RewardSmartEditPipeline(RewardEditPipeline):
@@ -379,7 +358,7 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         # 5. Denoising loop
         num_model_branches = num_branches + (1 if do_reward_guidance else 0)
         self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress_bar, conv_in_residual(self.unet, branch_residual):
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
             for step, t in enumerate(timesteps):
                 if self.interrupt:
                     break
@@ -391,6 +370,7 @@ class RewardSmartEditPipeline(RewardEditPipeline):
                     reward_scores=branch_scores,
                     failure_text_embeds=branch_text_embeds,
                     null_reward_mask=null_reward_mask,
+                    conv_in_residual=branch_residual,
                     cross_attention_kwargs=cross_attention_kwargs,
                     return_dict=False,
                 )[0]
