@@ -77,9 +77,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=positive_int, default=30, help="denoising steps (default 30, as in the paper)")
     parser.add_argument(
-        "--guidance", type=float, default=7.5, help="text guidance scale (default 7.5; <= 1 turns guidance off)"
+        "--guidance",
+        type=float,
+        default=None,
+        help="text guidance scale (default: the model's own: 7.5 for InstructPix2Pix and SmartEdit, the pipeline's "
+        "default for FLUX.1 Kontext and Qwen-Image-Edit; <= 1 turns InstructPix2Pix guidance off)",
     )
-    parser.add_argument("--image-guidance", type=float, default=1.5, help="image guidance scale (default 1.5)")
+    parser.add_argument(
+        "--image-guidance",
+        type=float,
+        default=None,
+        help="image guidance scale (default 1.5; InstructPix2Pix and SmartEdit only, DiT editors have none)",
+    )
     parser.add_argument("--reward-guidance", type=float, default=1.0, help="reward guidance scale (default 1 = off)")
     parser.add_argument(
         "--seed", type=seed_type, default=42, help=f"random seed in [0, {MAX_SEED}] (default 42, as in the paper)"
