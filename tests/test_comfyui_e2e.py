@@ -107,7 +107,7 @@ def comfy(request, tmp_path_factory, openai_server):
         remove_tree(workdir)
 
 
-def test_pack_imports_and_lists_the_four_nodes_with_their_declared_inputs(comfy, monkeypatch):
+def test_pack_imports_and_lists_its_six_nodes_with_their_declared_inputs(comfy, monkeypatch):
     build, server = comfy
     folder_paths = types.ModuleType("folder_paths")  # the loader's model list reads ComfyUI's models folder
     folder_paths.get_folder_paths = lambda name: [str(server.comfy_dir / "models" / name)]
@@ -118,7 +118,9 @@ def test_pack_imports_and_lists_the_four_nodes_with_their_declared_inputs(comfy,
     assert not failed, f"ComfyUI {build.name} failed to import the pack:\n{server.log_tail()}"
     assert re.search(rf"seconds: \S*{re.escape(PACK_LINK_NAME)}", log), log[-3000:]
     expected_api = "v3" if build.has_v3 else "v1"
-    assert f"reward_edit: registered 4 nodes ({expected_api} API)" in log
+    assert f"reward_edit: registered 6 nodes ({expected_api} API)" in log
+    for node_id in ("RewardDiTCondition", "RewardDiTAdapterLoader"):  # comfy_nodes/nodes_dit.py
+        assert object_info[node_id]["category"].startswith("reward_edit"), object_info[node_id]
     for node in V1_NODES:  # both builds show the V1 declaration: V1 itself (2024-03) or the V3 classes (0.3.75)
         info = object_info[node.__name__]
         assert info["category"] == "reward_edit"
