@@ -30,7 +30,8 @@ from diffusers.utils import logging
 
 from ..devices import normalize_dtype_kwarg
 from ..downloads import DOWNLOAD_KWARGS, download_pipeline_files
-from ..models.transformer_qwenimage_reward import REWARD_CONDITION_KEY, RewardQwenImageTransformer2DModel
+from ..models.reward_dit_mixin import REWARD_CONDITION_KEY
+from ..models.transformer_qwenimage_reward import RewardQwenImageTransformer2DModel
 from ..rewards import BEST_SCORES
 from .reward_dit_common import (
     FailureTextInput,
