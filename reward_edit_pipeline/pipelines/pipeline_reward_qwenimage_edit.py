@@ -89,6 +89,30 @@ class _RewardQwenImageEditMixin(RewardDiTPipelineMixin):
     stock_pipeline_class: type
     default_condition_image_area: int
 
+    def __init__(
+        self,
+        scheduler,
+        vae,
+        text_encoder,
+        tokenizer,
+        processor,
+        transformer,
+        vae_image_area: int | None = None,
+        condition_image_area: int | None = None,
+    ) -> None:
+        super().__init__(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            processor=processor,
+            transformer=transformer,
+        )
+        self._init_reference_areas(vae_image_area, condition_image_area)
+
+    def _check_prompt_count(self, prompt: str | list[str] | None) -> None:
+        """Hook: refuse prompt counts the variant does not edit (the Plus pipeline edits one prompt per call)."""
+
     def _init_reference_areas(self, vae_image_area: int | None, condition_image_area: int | None) -> None:
         """Validate the reference areas, record them in the pipeline config (saved in `model_index.json`, so a saved
         folder keeps its areas) and expose them as attributes (assigning one later updates the config too)."""
@@ -184,34 +208,64 @@ class _RewardQwenImageEditMixin(RewardDiTPipelineMixin):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ call
-    def _run_edit(
+    @torch.no_grad()
+    def __call__(
         self,
-        image: PIL.Image.Image | list[PIL.Image.Image],
-        prompt: str | list[str] | None,
-        negative_prompt: str | list[str] | None,
-        true_cfg_scale: float,
-        height: int | None,
-        width: int | None,
-        num_inference_steps: int,
-        sigmas: list[float] | None,
-        guidance_scale: float | None,
-        num_images_per_prompt: int,
-        generator: torch.Generator | list[torch.Generator] | None,
-        latents: torch.Tensor | None,
-        prompt_embeds: torch.Tensor | None,
-        prompt_embeds_mask: torch.Tensor | None,
-        negative_prompt_embeds: torch.Tensor | None,
-        negative_prompt_embeds_mask: torch.Tensor | None,
-        output_type: str,
-        return_dict: bool,
-        attention_kwargs: dict[str, Any] | None,
-        callback_on_step_end: Callable | None,
-        callback_on_step_end_tensor_inputs: list[str],
-        max_sequence_length: int,
-        reward_scores: ScoreInput | None,
-        failure_text: FailureTextInput,
-        reward_guidance_scale: float,
+        image: PIL.Image.Image | list[PIL.Image.Image] | None = None,
+        prompt: str | list[str] | None = None,
+        reward_scores: ScoreInput | None = BEST_SCORES,
+        failure_text: FailureTextInput = None,
+        reward_guidance_scale: float = 1.0,
+        negative_prompt: str | list[str] | None = None,
+        true_cfg_scale: float = 4.0,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        sigmas: list[float] | None = None,
+        guidance_scale: float | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_embeds_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds_mask: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (the stock signature)
+        max_sequence_length: int = 512,
     ) -> QwenImagePipelineOutput | tuple:
+        r"""Edit `image` following `prompt`, conditioned on reward scores and a failure text.
+
+        Args:
+            image (`PIL.Image.Image` or list of them): the image to edit (`RewardQwenImageEditPipeline`: one, or one
+                per prompt); the reference image(s) (`RewardQwenImageEditPlusPipeline`: several images are all shown
+                to the model, one prompt per call).
+            prompt (`str` or `list[str]`): the edit instruction(s).
+            reward_scores (triple, list of triples, tensor `[3]`/`[B, 3]`, or `None`, defaults to `(5, 5, 5)`):
+                following, preserving, quality, each in [0, 5]; `None` selects the null reward condition.
+            failure_text (`str`, `tuple`, `list` or `None`, defaults to `None`): `None` → the model's "no failure"
+                text (`transformer.config.no_failure_text`); a string is used as is; a tuple
+                `(following, preserving, quality)` is joined with `"; "` (a missing or blank one written `None`);
+                a list gives one such value per prompt.
+            reward_guidance_scale (`float`, defaults to 1.0): `> 1` also runs the null reward condition and pushes the
+                prediction away from it (meaningful for models trained with reward dropout); doubles the transformer
+                batch.
+            height, width (`int`, *optional*): output size; defaults to about `pipe.vae_image_area` pixels at the
+                reference image's aspect ratio (multiples of 16).
+            Other arguments: as in the stock pipeline (`negative_prompt` + `true_cfg_scale` > 1 for true CFG, in
+                which both passes use the requested reward condition).
+
+        The reference images are resized to about `pipe.vae_image_area` pixels for the VAE and
+        `pipe.condition_image_area` pixels for the vision-language prompt (attributes; stock defaults 1024² and
+        1024² for the Edit pipeline, 1024² and 384² for the Plus pipeline).
+
+        Returns:
+            `QwenImagePipelineOutput` or a tuple, as the stock pipeline.
+        """
+        self._check_prompt_count(prompt)
         # 0. Check inputs
         batch_size = batch_size_from_prompt(prompt, prompt_embeds)
         images = image if isinstance(image, list) else [image]
@@ -391,33 +445,6 @@ class _RewardQwenImageEditMixin(RewardDiTPipelineMixin):
         return QwenImagePipelineOutput(images=output)
 
 
-_CALL_DOC = r"""Edit `image` following `prompt`, conditioned on reward scores and a failure text.
-
-        Args:
-            image (`PIL.Image.Image` or list of them): {image_doc}
-            prompt (`str` or `list[str]`): the edit instruction(s).
-            reward_scores (triple, list of triples, tensor `[3]`/`[B, 3]`, or `None`, defaults to `(5, 5, 5)`):
-                following, preserving, quality, each in [0, 5]; `None` selects the null reward condition.
-            failure_text (`str`, `tuple`, `list` or `None`, defaults to `None`): `None` → the model's "no failure"
-                text (`transformer.config.no_failure_text`); a string is used as is; a tuple
-                `(following, preserving, quality)` is joined with `"; "` (a missing or blank one written `None`);
-                a list gives one such value per prompt.
-            reward_guidance_scale (`float`, defaults to 1.0): `> 1` also runs the null reward condition and pushes the
-                prediction away from it (meaningful for models trained with reward dropout); doubles the transformer
-                batch.
-            height, width (`int`, *optional*): output size; defaults to about `pipe.vae_image_area` pixels at the
-                reference image's aspect ratio (multiples of 16).
-            Other arguments: as in the stock pipeline (`negative_prompt` + `true_cfg_scale` > 1 for true CFG, in
-                which both passes use the requested reward condition).
-
-        The reference images are resized to about `pipe.vae_image_area` pixels for the VAE and
-        `pipe.condition_image_area` pixels for the vision-language prompt (attributes; stock defaults {areas}).
-
-        Returns:
-            `QwenImagePipelineOutput` or a tuple, as the stock pipeline.
-        """
-
-
 class RewardQwenImageEditPipeline(_RewardQwenImageEditMixin, QwenImageEditPipeline):
     r"""Qwen-Image-Edit with reward conditions (Gu et al., ICLR 2025, on a DiT editor): one reference image per prompt.
 
@@ -433,27 +460,6 @@ class RewardQwenImageEditPipeline(_RewardQwenImageEditMixin, QwenImageEditPipeli
     stock_pipeline_class = QwenImageEditPipeline
     default_condition_image_area = STOCK_VAE_IMAGE_AREA
 
-    def __init__(
-        self,
-        scheduler,
-        vae,
-        text_encoder,
-        tokenizer,
-        processor,
-        transformer,
-        vae_image_area: int | None = None,
-        condition_image_area: int | None = None,
-    ) -> None:
-        super().__init__(
-            scheduler=scheduler,
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            processor=processor,
-            transformer=transformer,
-        )
-        self._init_reference_areas(vae_image_area, condition_image_area)
-
     def _prepare_reference_images(self, images):
         first_width, first_height = images[0].size
         width, height = dimensions_for_area(self.vae_image_area, first_width / first_height)
@@ -461,67 +467,6 @@ class RewardQwenImageEditPipeline(_RewardQwenImageEditMixin, QwenImageEditPipeli
         vae_image = self.image_processor.preprocess(resized, height, width).unsqueeze(2)
         prompt_image = resized if len(resized) > 1 else resized[0]
         return prompt_image, vae_image, [(width, height)], first_width / first_height
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        image: PIL.Image.Image | list[PIL.Image.Image] | None = None,
-        prompt: str | list[str] | None = None,
-        reward_scores: ScoreInput | None = BEST_SCORES,
-        failure_text: FailureTextInput = None,
-        reward_guidance_scale: float = 1.0,
-        negative_prompt: str | list[str] | None = None,
-        true_cfg_scale: float = 4.0,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        sigmas: list[float] | None = None,
-        guidance_scale: float | None = None,
-        num_images_per_prompt: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        prompt_embeds_mask: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds_mask: torch.Tensor | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        attention_kwargs: dict[str, Any] | None = None,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (the stock signature)
-        max_sequence_length: int = 512,
-    ) -> QwenImagePipelineOutput | tuple:
-        return self._run_edit(
-            image,
-            prompt,
-            negative_prompt,
-            true_cfg_scale,
-            height,
-            width,
-            num_inference_steps,
-            sigmas,
-            guidance_scale,
-            num_images_per_prompt,
-            generator,
-            latents,
-            prompt_embeds,
-            prompt_embeds_mask,
-            negative_prompt_embeds,
-            negative_prompt_embeds_mask,
-            output_type,
-            return_dict,
-            attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            max_sequence_length,
-            reward_scores,
-            failure_text,
-            reward_guidance_scale,
-        )
-
-    __call__.__doc__ = _CALL_DOC.format(
-        image_doc="the image to edit (one, or one per prompt).", areas="1024² and 1024²"
-    )
 
 
 class RewardQwenImageEditPlusPipeline(_RewardQwenImageEditMixin, QwenImageEditPlusPipeline):
@@ -540,26 +485,11 @@ class RewardQwenImageEditPlusPipeline(_RewardQwenImageEditMixin, QwenImageEditPl
     stock_pipeline_class = QwenImageEditPlusPipeline
     default_condition_image_area = STOCK_PLUS_CONDITION_IMAGE_AREA
 
-    def __init__(
-        self,
-        scheduler,
-        vae,
-        text_encoder,
-        tokenizer,
-        processor,
-        transformer,
-        vae_image_area: int | None = None,
-        condition_image_area: int | None = None,
-    ) -> None:
-        super().__init__(
-            scheduler=scheduler,
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            processor=processor,
-            transformer=transformer,
-        )
-        self._init_reference_areas(vae_image_area, condition_image_area)
+    def _check_prompt_count(self, prompt: str | list[str] | None) -> None:
+        if isinstance(prompt, list) and len(prompt) > 1:
+            raise ValueError(
+                f"{type(self).__name__} edits one prompt per call (as QwenImageEditPlusPipeline), got {len(prompt)}"
+            )
 
     def _prepare_reference_images(self, images):
         condition_images, vae_images, vae_sizes = [], [], []
@@ -572,68 +502,3 @@ class RewardQwenImageEditPlusPipeline(_RewardQwenImageEditMixin, QwenImageEditPl
             vae_sizes.append((vae_width, vae_height))
         last_width, last_height = images[-1].size
         return condition_images, vae_images, vae_sizes, last_width / last_height
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        image: PIL.Image.Image | list[PIL.Image.Image] | None = None,
-        prompt: str | list[str] | None = None,
-        reward_scores: ScoreInput | None = BEST_SCORES,
-        failure_text: FailureTextInput = None,
-        reward_guidance_scale: float = 1.0,
-        negative_prompt: str | list[str] | None = None,
-        true_cfg_scale: float = 4.0,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        sigmas: list[float] | None = None,
-        guidance_scale: float | None = None,
-        num_images_per_prompt: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        prompt_embeds_mask: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds_mask: torch.Tensor | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        attention_kwargs: dict[str, Any] | None = None,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (the stock signature)
-        max_sequence_length: int = 512,
-    ) -> QwenImagePipelineOutput | tuple:
-        if isinstance(prompt, list) and len(prompt) > 1:
-            raise ValueError(
-                f"{type(self).__name__} edits one prompt per call (as QwenImageEditPlusPipeline), got {len(prompt)}"
-            )
-        return self._run_edit(
-            image,
-            prompt,
-            negative_prompt,
-            true_cfg_scale,
-            height,
-            width,
-            num_inference_steps,
-            sigmas,
-            guidance_scale,
-            num_images_per_prompt,
-            generator,
-            latents,
-            prompt_embeds,
-            prompt_embeds_mask,
-            negative_prompt_embeds,
-            negative_prompt_embeds_mask,
-            output_type,
-            return_dict,
-            attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            max_sequence_length,
-            reward_scores,
-            failure_text,
-            reward_guidance_scale,
-        )
-
-    __call__.__doc__ = _CALL_DOC.format(
-        image_doc="the reference image(s); several images are all shown to the model.", areas="1024² and 384²"
-    )
