@@ -475,6 +475,26 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         return getattr(self, "_interrupt", False)
 
     # ------------------------------------------------------------------ call
+    def _combine_branch_predictions(
+        self, noise_pred: torch.Tensor, num_model_branches: int, reward_guidance_scale: float | None
+    ) -> torch.Tensor:
+        """One guided prediction from the UNet's batched branches: `[text, image, uncond]` (InstructPix2Pix
+        classifier-free guidance, `guidance_scale` on the text and `image_guidance_scale` on the image) or `[text]`
+        without CFG, then optionally a null-reward branch last, pushed away from by `reward_guidance_scale`."""
+        branches = noise_pred.chunk(num_model_branches)
+        if self.do_classifier_free_guidance:
+            noise_pred_text, noise_pred_image, noise_pred_uncond = branches[:3]
+            noise_pred = (
+                noise_pred_uncond
+                + self.guidance_scale * (noise_pred_text - noise_pred_image)
+                + self.image_guidance_scale * (noise_pred_image - noise_pred_uncond)
+            )
+        else:
+            noise_pred_text = noise_pred = branches[0]
+        if reward_guidance_scale is not None:
+            noise_pred = noise_pred + (reward_guidance_scale - 1.0) * (noise_pred_text - branches[-1])
+        return noise_pred
+
     @torch.no_grad()
     def __call__(
         self,
@@ -665,18 +685,9 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
                     return_dict=False,
                 )[0]
 
-                branches = noise_pred.chunk(num_model_branches)
-                if self.do_classifier_free_guidance:
-                    noise_pred_text, noise_pred_image, noise_pred_uncond = branches[:3]
-                    noise_pred = (
-                        noise_pred_uncond
-                        + self.guidance_scale * (noise_pred_text - noise_pred_image)
-                        + self.image_guidance_scale * (noise_pred_image - noise_pred_uncond)
-                    )
-                else:
-                    noise_pred_text = noise_pred = branches[0]
-                if do_reward_guidance:
-                    noise_pred = noise_pred + (reward_guidance_scale - 1.0) * (noise_pred_text - branches[-1])
+                noise_pred = self._combine_branch_predictions(
+                    noise_pred, num_model_branches, reward_guidance_scale if do_reward_guidance else None
+                )
 
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 

@@ -374,18 +374,9 @@ class RewardSmartEditPipeline(RewardEditPipeline):
                     cross_attention_kwargs=cross_attention_kwargs,
                     return_dict=False,
                 )[0]
-                branches = noise_pred.chunk(num_model_branches)
-                if self.do_classifier_free_guidance:
-                    noise_pred_text, noise_pred_image, noise_pred_uncond = branches[:3]
-                    noise_pred = (
-                        noise_pred_uncond
-                        + self.guidance_scale * (noise_pred_text - noise_pred_image)
-                        + self.image_guidance_scale * (noise_pred_image - noise_pred_uncond)
-                    )
-                else:
-                    noise_pred_text = noise_pred = branches[0]
-                if do_reward_guidance:
-                    noise_pred = noise_pred + (reward_guidance_scale - 1.0) * (noise_pred_text - branches[-1])
+                noise_pred = self._combine_branch_predictions(
+                    noise_pred, num_model_branches, reward_guidance_scale if do_reward_guidance else None
+                )
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     outputs = callback_on_step_end(self, step, t, {"latents": latents}) or {}
