@@ -24,7 +24,8 @@ from ..devices import diffusers_dtype_kwarg, normalize_dtype_kwarg
 from ..downloads import DOWNLOAD_KWARGS, PIPELINE_ALLOW_PATTERNS, download_pipeline_files
 from ..images import DEFAULT_MAX_IMAGE_PIXELS, array_to_float, check_image_pixels, pil_to_array
 from ..models.unet_2d_reward import RewardUNet2DConditionModel
-from ..rewards import BEST_SCORES, parse_reward_scores, resolve_failure_text
+from ..rewards import BEST_SCORES, parse_reward_scores
+from .reward_dit_common import resolve_failure_texts
 
 logger = logging.get_logger(__name__)
 
@@ -295,15 +296,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         """Resolve `failure_text` to one string per prompt with `reward_edit_pipeline.rewards.resolve_failure_text`
         (`None`, `""` or blank → the model's no-failure text; a string or a tuple of per-perspective texts → used for
         every prompt); a list gives one such value per prompt."""
-        no_failure_text = self.unet.config.no_failure_text
-        if isinstance(failure_text, list):
-            if len(failure_text) != batch_size:
-                raise ValueError(
-                    f"`failure_text` as a list needs one entry per prompt ({batch_size}), got {len(failure_text)}; "
-                    "pass a tuple for per-perspective texts (following, preserving, quality)"
-                )
-            return [resolve_failure_text(entry, no_failure_text) for entry in failure_text]
-        return [resolve_failure_text(failure_text, no_failure_text)] * batch_size
+        return resolve_failure_texts(failure_text, batch_size, self.unet.config.no_failure_text)
 
     # ------------------------------------------------------------------ checks
     def check_reward_edit_inputs(
