@@ -32,6 +32,7 @@ from .pipeline_reward_edit import (
     RewardEditPipeline,
     ScoreInput,
 )
+from .reward_dit_common import prepare_reward_inputs
 
 logger = logging.get_logger(__name__)
 
@@ -271,16 +272,11 @@ class RewardSmartEditPipeline(RewardEditPipeline):
             output_type,
         )
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        use_null_reward = reward_scores is None
-        if use_null_reward:
-            if failure_text is not None or reward_guidance_scale > 1.0:
-                raise ValueError(
-                    "`reward_scores=None` selects the null reward condition: it takes no `failure_text` and no "
-                    "`reward_guidance_scale` > 1"
-                )
-            reward_scores = BEST_SCORES  # placeholder values, masked out by the null condition
-        reward_scores = self.prepare_reward_scores(reward_scores, batch_size)
-        failure_texts = self.prepare_failure_texts(failure_text, batch_size)
+        reward_inputs = prepare_reward_inputs(
+            reward_scores, failure_text, reward_guidance_scale, batch_size, self.unet.config.no_failure_text
+        )
+        use_null_reward = reward_inputs.use_null_reward
+        reward_scores, failure_texts = reward_inputs.reward_scores, reward_inputs.failure_texts
         self._guidance_scale = guidance_scale
         self._image_guidance_scale = image_guidance_scale
         self._interrupt = False
