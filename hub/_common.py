@@ -1,13 +1,16 @@
-"""Shared pieces of the Hub commands: token lookup, pickle refusal, staging folders, and the upload itself."""
+"""Shared pieces of the Hub commands: token lookup, pickle refusal, staging folders, the upload itself, and the
+common arguments and result report of the `push-*` commands."""
 
 from __future__ import annotations
 
 import fnmatch
 import shutil
+import sys
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Files never uploaded from a model folder (training leftovers, caches, VCS).
 DEFAULT_IGNORE_PATTERNS: tuple[str, ...] = (
@@ -183,3 +186,55 @@ def upload_staged_folder(
         commit_url=commit.commit_url,
         created_commit=commit.oid != head_before,
     )
+
+
+# ---------------------------------------------------------------------------------------------- push commands
+def add_push_target_arguments(parser: Any, repo_kind: str, default_commit_message: str) -> None:
+    """`REPO_ID`, `--private`, `--revision` and `--commit-message` of the `push-*` commands (after their source)."""
+    parser.add_argument(
+        "repo_id", metavar="REPO_ID", help=f"Target {repo_kind} repo, 'namespace/name' (created if missing)."
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="Create the repo private (an existing repo is unchanged)."
+    )
+    parser.add_argument(
+        "--revision", default=None, help="Branch to push to (created from main if missing). Default: main."
+    )
+    parser.add_argument("--commit-message", default=None, help=f"Commit message. Default: '{default_commit_message}'.")
+
+
+def add_dry_run_arguments(parser: Any) -> None:
+    """`--dry-run OUT_DIR` and `--overwrite` of the `push-*` commands."""
+    parser.add_argument(
+        "--dry-run",
+        metavar="OUT_DIR",
+        default=None,
+        help="Write the exact folder that would be uploaded to OUT_DIR and stop (no token, no network).",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="With --dry-run: replace a non-empty OUT_DIR.")
+
+
+def run_push_command(command: str, push: Callable[[], Any], source: str, repo_label_prefix: str = "") -> int:
+    """Run `push()` for the CLI command `command` and report the result: a bad argument or token, a refused pickle
+    or a missing/existing path exits 2 (usage); a Hub HTTP error exits as `hub_error_exit_code` says.
+    `repo_label_prefix` is how the repo is named in messages before its id (`"datasets/"` for datasets)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from ..cli import ExitCode
+
+    try:
+        result = push()
+    except (HubTokenError, PickleFileError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"{command}: error: {err}", file=sys.stderr)
+        return ExitCode.USAGE
+    except HfHubHTTPError as err:  # 2 when the Hub refused the request (4xx), 1 when it or the network failed
+        print(f"{command}: error: {err}", file=sys.stderr)
+        return hub_error_exit_code(err)
+    repo = f"{repo_label_prefix}{result.repo_id}@{result.revision}"
+    if result.staged_folder is not None:
+        print(f"dry run: the upload folder is {result.staged_folder}")
+    elif result.created_commit:
+        print(f"pushed {source} to {repo}: {result.commit_url}")
+    else:
+        print(f"{repo} already has this content; no new commit ({result.commit_oid})")
+    return ExitCode.OK

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 
-from ..cli import ExitCode
+from ._common import add_dry_run_arguments, add_push_target_arguments, run_push_command
 from .push_dataset import DEFAULT_DATASET_LICENSE, DEFAULT_MAX_SHARD_BYTES
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
@@ -24,16 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source", metavar="SOURCE", help="An annotation store or an exported reward dataset (parquet / hf-dataset)."
     )
-    parser.add_argument(
-        "repo_id", metavar="REPO_ID", help="Target dataset repo, 'namespace/name' (created if missing)."
-    )
-    parser.add_argument(
-        "--private", action="store_true", help="Create the repo private (an existing repo is unchanged)."
-    )
-    parser.add_argument(
-        "--revision", default=None, help="Branch to push to (created from main if missing). Default: main."
-    )
-    parser.add_argument("--commit-message", default=None, help="Commit message. Default: 'Upload reward dataset'.")
+    add_push_target_arguments(parser, "dataset", "Upload reward dataset")
     parser.add_argument(
         "--license", default=DEFAULT_DATASET_LICENSE, help=f"Card license. Default: {DEFAULT_DATASET_LICENSE}."
     )
@@ -57,23 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="skip",
         help="Items not judged on all three perspectives: skip them with a warning (default) or fail.",
     )
-    parser.add_argument(
-        "--dry-run",
-        metavar="OUT_DIR",
-        default=None,
-        help="Write the exact folder that would be uploaded to OUT_DIR and stop (no token, no network).",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="With --dry-run: replace a non-empty OUT_DIR.")
+    add_dry_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from ._common import HubTokenError, hub_error_exit_code
     from .push_dataset import push_dataset
 
-    try:
-        result = push_dataset(
+    return run_push_command(
+        "push-dataset",
+        lambda: push_dataset(
             args.source,
             args.repo_id,
             private=args.private,
@@ -88,19 +70,7 @@ def run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run is not None,
             dry_run_dir=args.dry_run,
             overwrite=args.overwrite,
-        )
-    except (HubTokenError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"push-dataset: error: {err}", file=sys.stderr)
-        return ExitCode.USAGE
-    except HfHubHTTPError as err:  # 2 when the Hub refused the request (4xx), 1 when it or the network failed
-        print(f"push-dataset: error: {err}", file=sys.stderr)
-        return hub_error_exit_code(err)
-    if result.staged_folder is not None:
-        print(f"dry run: the upload folder is {result.staged_folder}")
-    elif result.created_commit:
-        print(f"pushed {args.source} to datasets/{result.repo_id}@{result.revision}: {result.commit_url}")
-    else:
-        print(
-            f"datasets/{result.repo_id}@{result.revision} already has this content; no new commit ({result.commit_oid})"
-        )
-    return ExitCode.OK
+        ),
+        source=args.source,
+        repo_label_prefix="datasets/",
+    )

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ..cli import ExitCode
+from ._common import add_dry_run_arguments, add_push_target_arguments, run_push_command
 from .model_card import DEFAULT_BASE_MODEL, DEFAULT_DATASETS, DEFAULT_LICENSE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="DIR", help="A saved RewardEditPipeline folder (safetensors only).")
-    parser.add_argument("repo_id", metavar="REPO_ID", help="Target model repo, 'namespace/name' (created if missing).")
-    parser.add_argument(
-        "--private", action="store_true", help="Create the repo private (an existing repo is unchanged)."
-    )
-    parser.add_argument(
-        "--revision", default=None, help="Branch to push to (created from main if missing). Default: main."
-    )
-    parser.add_argument("--commit-message", default=None, help="Commit message. Default: 'Upload RewardEditPipeline'.")
+    add_push_target_arguments(parser, "model", "Upload RewardEditPipeline")
     parser.add_argument(
         "--base-model", default=DEFAULT_BASE_MODEL, help=f"Card `base_model`. Default: {DEFAULT_BASE_MODEL}."
     )
@@ -41,23 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="JSON file of evaluation results. Default: DIR/eval_results.json if present.",
     )
-    parser.add_argument(
-        "--dry-run",
-        metavar="OUT_DIR",
-        default=None,
-        help="Write the exact folder that would be uploaded to OUT_DIR and stop (no token, no network).",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="With --dry-run: replace a non-empty OUT_DIR.")
+    add_dry_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from ._common import HubTokenError, PickleFileError, hub_error_exit_code
     from .push_model import push_model
 
-    try:
-        result = push_model(
+    return run_push_command(
+        "push-model",
+        lambda: push_model(
             args.folder,
             args.repo_id,
             private=args.private,
@@ -72,17 +56,6 @@ def run(args: argparse.Namespace) -> int:
             tags=tuple(args.tags),
             training_args=args.training_args,
             eval_results=args.eval_results,
-        )
-    except (HubTokenError, PickleFileError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"push-model: error: {err}", file=sys.stderr)
-        return ExitCode.USAGE
-    except HfHubHTTPError as err:  # 2 when the Hub refused the request (4xx), 1 when it or the network failed
-        print(f"push-model: error: {err}", file=sys.stderr)
-        return hub_error_exit_code(err)
-    if result.staged_folder is not None:
-        print(f"dry run: the upload folder is {result.staged_folder}")
-    elif result.created_commit:
-        print(f"pushed {args.folder} to {result.repo_id}@{result.revision}: {result.commit_url}")
-    else:
-        print(f"{result.repo_id}@{result.revision} already has this content; no new commit ({result.commit_oid})")
-    return ExitCode.OK
+        ),
+        source=args.folder,
+    )

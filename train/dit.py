@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .dit_backbones import BACKBONES, DitBackboneAdapter, register_backbone
+from .dit_backbones import BACKBONES, DitBackboneAdapter, draw_flow_matching_batch, read_model_index, register_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +109,7 @@ class FluxKontextAdapter(DitBackboneAdapter):
         from reward_edit_pipeline.pipelines.pipeline_reward_flux_kontext import RewardFluxKontextPipeline
 
         path = args.pretrained_model_name_or_path
-        index_path = os.path.join(path, "model_index.json")
-        transformer_class = None
-        if os.path.isfile(index_path):
-            with open(index_path, encoding="utf-8") as handle:
-                transformer_class = (json.load(handle).get("transformer") or [None, None])[1]
+        transformer_class = (read_model_index(path).get("transformer") or [None, None])[1]
         if transformer_class == "RewardFluxTransformer2DModel":
             return RewardFluxKontextPipeline.from_pretrained(path, dtype=dtype)
         return RewardFluxKontextPipeline.from_flux_kontext(
@@ -199,39 +195,22 @@ class FluxKontextAdapter(DitBackboneAdapter):
     def training_loss(
         self, transformer: Any, cache: dict[str, Any], rows: Any, generator: Any, null_reward_mask: Any, args: Any
     ) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        device = transformer.device
-        weight_dtype = transformer.dtype
-        rows = rows.cpu()
-
-        def pick(name: str) -> torch.Tensor:  # the cache stays on the CPU; only this micro-batch moves
-            return cache[name][rows].to(device)
-
-        target_latents = pick("edited_latents")
-        count = target_latents.shape[0]
-        noise = torch.randn(target_latents.shape, generator=generator).to(device)  # drawn on the CPU generator
-        sigmas = torch.rand(count, generator=generator).to(device)
-        noisy = (1.0 - sigmas.view(-1, 1, 1)) * target_latents + sigmas.view(-1, 1, 1) * noise
-        model_input = torch.cat([noisy, pick("original_latents")], dim=1).to(weight_dtype)
-        guidance = None
-        if transformer.config.guidance_embeds:
-            guidance = torch.full((count,), args.dit_guidance_scale, device=device)
+        batch = draw_flow_matching_batch(transformer, cache, rows, generator, args)
+        weight_dtype = batch.weight_dtype
         prediction = transformer(
-            hidden_states=model_input,
-            encoder_hidden_states=pick("prompt_embeds").to(weight_dtype),
-            pooled_projections=pick("pooled_prompt_embeds").to(weight_dtype),
-            timestep=sigmas.to(weight_dtype),
-            img_ids=cache["img_ids"].to(device),
-            txt_ids=cache["txt_ids"].to(device),
-            guidance=guidance,
-            reward_scores=pick("reward_scores"),
-            failure_text_embeds=pick("failure_text_embeds"),
+            hidden_states=batch.model_input,
+            encoder_hidden_states=batch.pick(cache, "prompt_embeds").to(weight_dtype),
+            pooled_projections=batch.pick(cache, "pooled_prompt_embeds").to(weight_dtype),
+            timestep=batch.sigmas.to(weight_dtype),
+            img_ids=cache["img_ids"].to(batch.device),
+            txt_ids=cache["txt_ids"].to(batch.device),
+            guidance=batch.guidance,
+            reward_scores=batch.pick(cache, "reward_scores"),
+            failure_text_embeds=batch.pick(cache, "failure_text_embeds"),
             null_reward_mask=null_reward_mask,
             return_dict=False,
-        )[0][:, : target_latents.shape[1]]
-        return F.mse_loss(prediction.float(), (noise - target_latents).float())
+        )[0]
+        return batch.loss(prediction)
 
 
 register_backbone(FluxKontextAdapter())

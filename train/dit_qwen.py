@@ -17,12 +17,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
-from .dit_backbones import DitBackboneAdapter, register_backbone
+from .dit_backbones import DitBackboneAdapter, draw_flow_matching_batch, read_model_index, register_backbone
 
 LORA_PROJECTIONS: tuple[str, ...] = (
     "to_q",
@@ -37,14 +35,6 @@ LORA_PROJECTIONS: tuple[str, ...] = (
 _PLUS_CLASS_NAMES = ("QwenImageEditPlusPipeline", "RewardQwenImageEditPlusPipeline")
 
 
-def _read_model_index(path: str) -> dict[str, Any]:
-    index_path = os.path.join(path, "model_index.json")
-    if not os.path.isfile(index_path):
-        return {}
-    with open(index_path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
 class QwenImageEditAdapter(DitBackboneAdapter):
     """Qwen-Image-Edit (and -2509 / -2511): rectified-flow loss on packed latents, reference tokens appended."""
 
@@ -57,7 +47,7 @@ class QwenImageEditAdapter(DitBackboneAdapter):
         )
 
         path = args.pretrained_model_name_or_path
-        model_index = _read_model_index(path)
+        model_index = read_model_index(path)
         class_name = model_index.get("_class_name")
         class_name = class_name[-1] if isinstance(class_name, list) else class_name
         pipeline_class = (
@@ -147,38 +137,21 @@ class QwenImageEditAdapter(DitBackboneAdapter):
     def training_loss(
         self, transformer: Any, cache: dict[str, Any], rows: Any, generator: Any, null_reward_mask: Any, args: Any
     ) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        device = transformer.device
-        weight_dtype = transformer.dtype
-        rows = rows.cpu()
-
-        def pick(name: str) -> torch.Tensor:  # the cache stays on the CPU; only this micro-batch moves
-            return cache[name][rows].to(device)
-
-        target_latents = pick("edited_latents")
-        count = target_latents.shape[0]
-        noise = torch.randn(target_latents.shape, generator=generator).to(device)  # drawn on the CPU generator
-        sigmas = torch.rand(count, generator=generator).to(device)
-        noisy = (1.0 - sigmas.view(-1, 1, 1)) * target_latents + sigmas.view(-1, 1, 1) * noise
-        model_input = torch.cat([noisy, pick("original_latents")], dim=1).to(weight_dtype)
-        guidance = None
-        if transformer.config.guidance_embeds:
-            guidance = torch.full((count,), args.dit_guidance_scale, device=device)
+        batch = draw_flow_matching_batch(transformer, cache, rows, generator, args)
+        weight_dtype = batch.weight_dtype
         prediction = transformer(
-            hidden_states=model_input,
-            encoder_hidden_states=pick("prompt_embeds").to(weight_dtype),
-            encoder_hidden_states_mask=pick("prompt_embeds_mask"),
-            timestep=sigmas.to(weight_dtype),
-            img_shapes=[cache["img_shapes"]] * count,
-            guidance=guidance,
-            reward_scores=pick("reward_scores"),
-            failure_text_embeds=pick("failure_text_embeds"),
+            hidden_states=batch.model_input,
+            encoder_hidden_states=batch.pick(cache, "prompt_embeds").to(weight_dtype),
+            encoder_hidden_states_mask=batch.pick(cache, "prompt_embeds_mask"),
+            timestep=batch.sigmas.to(weight_dtype),
+            img_shapes=[cache["img_shapes"]] * batch.target_latents.shape[0],
+            guidance=batch.guidance,
+            reward_scores=batch.pick(cache, "reward_scores"),
+            failure_text_embeds=batch.pick(cache, "failure_text_embeds"),
             null_reward_mask=null_reward_mask,
             return_dict=False,
-        )[0][:, : target_latents.shape[1]]
-        return F.mse_loss(prediction.float(), (noise - target_latents).float())
+        )[0]
+        return batch.loss(prediction)
 
 
 register_backbone(QwenImageEditAdapter())

@@ -35,8 +35,7 @@ from diffusers.utils import apply_lora_scale, logging
 from torch import nn
 
 from ..rewards import DEFAULT_NO_FAILURE_TEXT, PERSPECTIVES
-from .reward_conditioner import REWARD_INIT_CHOICES, RewardConditionEmbeddings, RewardConditioner
-from .reward_dit_condition import RewardCondition, combine_reward_guidance
+from .reward_dit_mixin import RewardDiTMixin, doubled_batch
 
 logger = logging.get_logger(__name__)
 
@@ -53,13 +52,6 @@ _BASE_PARAMETERS: tuple[str, ...] = (
     "pooled_projection_dim",
     "guidance_embeds",
     "axes_dims_rope",
-)
-_REWARD_PARAMETERS: tuple[str, ...] = (
-    "failure_text_embed_dim",
-    "reward_num_scores",
-    "reward_sinusoid_dim",
-    "reward_token_dim",
-    "no_failure_text",
 )
 
 
@@ -170,7 +162,7 @@ class FluxRewardAttnProcessor:
         return hidden_states, encoder_hidden_states
 
 
-class RewardFluxTransformer2DModel(FluxTransformer2DModel):
+class RewardFluxTransformer2DModel(RewardDiTMixin, FluxTransformer2DModel):
     r"""A `FluxTransformer2DModel` (FLUX.1 [dev] / Kontext [dev] layout) with multi-reward conditions.
 
     All parent arguments are accepted unchanged. Reward arguments:
@@ -187,6 +179,13 @@ class RewardFluxTransformer2DModel(FluxTransformer2DModel):
             reward-attention gates start at zero either way.
         no_failure_text (`str`, defaults to `"None; None; None"`): the failure text meaning "no failure".
     """
+
+    _base_transformer_class = FluxTransformer2DModel
+    _base_config_parameters = _BASE_PARAMETERS
+    _reward_attention_class = FluxRewardAttention
+    _reward_processor_class = FluxRewardAttnProcessor
+    _reward_kwargs_name = "joint_attention_kwargs"
+    _failure_text_encoder_name = "CLIP"
 
     @register_to_config
     def __init__(
@@ -223,87 +222,7 @@ class RewardFluxTransformer2DModel(FluxTransformer2DModel):
             guidance_embeds=guidance_embeds,
             axes_dims_rope=axes_dims_rope,
         )
-        if reward_init not in REWARD_INIT_CHOICES:
-            raise ValueError(f"`reward_init` must be one of {REWARD_INIT_CHOICES}, got {reward_init!r}")
-        if failure_text_embed_dim is None:
-            failure_text_embed_dim = pooled_projection_dim
-            self.register_to_config(failure_text_embed_dim=failure_text_embed_dim)
-        self._build_reward_modules(reward_init)
-
-    def _build_reward_modules(self, reward_init: str) -> None:
-        """(Re)create the reward modules (new parameters on the current default device) and the block processors."""
-        config = self.config
-        self.reward_conditioner = RewardConditioner(
-            text_embed_dim=config.failure_text_embed_dim,
-            global_dim=self.inner_dim,
-            token_dim=config.reward_token_dim,
-            num_scores=config.reward_num_scores,
-            sinusoid_dim=config.reward_sinusoid_dim,
-            reward_init=reward_init,
-        )
-        self.reward_attention = nn.ModuleList(
-            [
-                FluxRewardAttention(config.reward_token_dim, self.inner_dim, config.attention_head_dim)
-                for _ in range(config.num_layers)
-            ]
-        )
-        for block in self.transformer_blocks:
-            block.attn.set_processor(FluxRewardAttnProcessor())
-
-    @classmethod
-    def from_transformer(
-        cls, transformer: FluxTransformer2DModel, reward_init: str = "zero", **reward_config: Any
-    ) -> RewardFluxTransformer2DModel:
-        """Wrap a plain `FluxTransformer2DModel` with new reward modules.
-
-        The base parameters are **shared** with `transformer` (no copy, no second allocation of a 12B model); the
-        reward modules are created on its device and dtype. With `reward_init="zero"` the result computes exactly
-        what `transformer` computes until it is trained.
-        """
-        if isinstance(transformer, cls):
-            raise ValueError("`transformer` already has reward modules")
-        if not isinstance(transformer, FluxTransformer2DModel):
-            raise TypeError(f"`transformer` must be a FluxTransformer2DModel, got {type(transformer).__name__}")
-        unknown = set(reward_config) - set(_REWARD_PARAMETERS)
-        if unknown:
-            raise TypeError(f"unknown reward config arguments {sorted(unknown)}; accepted: {list(_REWARD_PARAMETERS)}")
-        base_config = {name: transformer.config[name] for name in _BASE_PARAMETERS if name in transformer.config}
-        with torch.device("meta"):
-            model = cls(**base_config, reward_init=reward_init, **reward_config)
-        missing, unexpected = model.load_state_dict(transformer.state_dict(), strict=False, assign=True)
-        if unexpected or any(not name.startswith(("reward_conditioner.", "reward_attention.")) for name in missing):
-            raise ValueError(f"state dict mismatch when wrapping: missing={missing}, unexpected={unexpected}")
-        parameter = next(transformer.parameters())
-        with torch.device(parameter.device):
-            model._build_reward_modules(reward_init)
-        model.reward_conditioner.to(parameter.dtype)
-        model.reward_attention.to(parameter.dtype)
-        leftover = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
-        if leftover:
-            raise RuntimeError(f"tensors left on the meta device after wrapping: {leftover[:5]}")
-        model.train(transformer.training)
-        return model
-
-    def reward_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the reward modules (trained in full)."""
-        return [*self.reward_conditioner.parameters(), *self.reward_attention.parameters()]
-
-    def base_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict without the reward modules: what a plain `FluxTransformer2DModel` loads."""
-        return {
-            name: tensor
-            for name, tensor in self.state_dict().items()
-            if not name.startswith(("reward_conditioner.", "reward_attention."))
-        }
-
-    def compute_reward_condition(
-        self,
-        reward_scores: torch.Tensor,
-        failure_text_embeds: torch.Tensor,
-        null_reward_mask: torch.Tensor | None = None,
-    ) -> RewardConditionEmbeddings:
-        """Run the conditioner on validated `[B, 3]` scores and `[B, D]` pooled failure-text embeddings."""
-        return self.reward_conditioner(reward_scores, failure_text_embeds, null_reward_mask)
+        self._init_reward_config(reward_init, failure_text_embed_dim, default_embed_dim=pooled_projection_dim)
 
     @apply_lora_scale("joint_attention_kwargs")
     def forward(
@@ -330,41 +249,17 @@ class RewardFluxTransformer2DModel(FluxTransformer2DModel):
         `null_reward_mask` `[B]`), or as a `RewardCondition` in `joint_attention_kwargs["reward_condition"]`
         (precomputed embeddings, optionally with reward guidance). Other arguments: as in the parent.
         """
-        attention_kwargs = dict(joint_attention_kwargs or {})
-        condition = attention_kwargs.pop("reward_condition", None)
-        if "ip_adapter_image_embeds" in attention_kwargs:
+        if joint_attention_kwargs and "ip_adapter_image_embeds" in joint_attention_kwargs:
             raise ValueError(f"{type(self).__name__} does not support IP-Adapter image embeddings")
-        if condition is not None and reward_scores is not None:
-            raise ValueError("pass either `reward_scores`/`failure_text_embeds` or a `reward_condition`, not both")
-        if condition is None:
-            if reward_scores is None or failure_text_embeds is None:
-                raise ValueError(
-                    f"{type(self).__name__} needs a reward condition: `reward_scores` [batch, "
-                    f"{self.config.reward_num_scores}] and `failure_text_embeds` [batch, "
-                    f"{self.config.failure_text_embed_dim}] (pooled CLIP embedding of the failure text; no failure: "
-                    f"{self.config.no_failure_text!r}), or joint_attention_kwargs['reward_condition']"
-                )
-            embeddings = self.reward_conditioner(reward_scores, failure_text_embeds, null_reward_mask)
-            condition = RewardCondition(embeddings)
-        elif not isinstance(condition, RewardCondition):
-            raise TypeError(
-                f"joint_attention_kwargs['reward_condition'] must be a RewardCondition, got {type(condition).__name__}"
-            )
-        for index, block in enumerate(self.transformer_blocks):
-            if not isinstance(block.attn.processor, FluxRewardAttnProcessor):
-                raise ValueError(
-                    f"transformer_blocks[{index}] uses {type(block.attn.processor).__name__}; the reward tokens need "
-                    "FluxRewardAttnProcessor (set_attn_processor / fuse_qkv_projections replaced it)"
-                )
         batch = hidden_states.shape[0]
-        for name, embeddings in (("embeddings", condition.embeddings), ("null_embeddings", condition.null_embeddings)):
-            rows = None if embeddings is None else embeddings.global_embedding.shape[0]
-            if rows not in (None, 1, batch):
-                raise ValueError(f"reward condition {name} has {rows} rows for a batch of {batch} (give 1 or {batch})")
+        condition, attention_kwargs = self._resolve_reward_condition(
+            joint_attention_kwargs, reward_scores, failure_text_embeds, null_reward_mask, batch
+        )
+        global_embedding, reward_tokens = self._reward_inputs(condition, batch)
         if condition.guidance_scale <= 1.0:
             return self._forward_rewarded(
-                condition.embeddings.global_embedding.expand(batch, -1),
-                condition.embeddings.tokens.expand(batch, -1, -1),
+                global_embedding,
+                reward_tokens,
                 hidden_states,
                 encoder_hidden_states,
                 pooled_projections,
@@ -379,36 +274,24 @@ class RewardFluxTransformer2DModel(FluxTransformer2DModel):
                 return_dict,
             )
         # Reward guidance: the same inputs with the requested and with the null reward condition in one batch.
-        if controlnet_block_samples is not None or controlnet_single_block_samples is not None:
-            raise ValueError(
-                "reward guidance (`guidance_scale` > 1 in the reward condition) does not support ControlNet"
-            )
-        null = condition.null_embeddings
-
-        def doubled(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            return None if tensor is None else torch.cat([tensor, tensor])
-
+        self._check_guidance_without_controlnet(controlnet_block_samples, controlnet_single_block_samples)
         output = self._forward_rewarded(
-            torch.cat(
-                [condition.embeddings.global_embedding.expand(batch, -1), null.global_embedding.expand(batch, -1)]
-            ),
-            torch.cat([condition.embeddings.tokens.expand(batch, -1, -1), null.tokens.expand(batch, -1, -1)]),
-            doubled(hidden_states),
-            doubled(encoder_hidden_states),
-            doubled(pooled_projections),
-            doubled(timestep),
+            global_embedding,
+            reward_tokens,
+            doubled_batch(hidden_states),
+            doubled_batch(encoder_hidden_states),
+            doubled_batch(pooled_projections),
+            doubled_batch(timestep),
             img_ids,
             txt_ids,
-            doubled(guidance),
+            doubled_batch(guidance),
             attention_kwargs,
             None,
             None,
             False,
             False,
         )[0]
-        conditioned, unconditioned = output.chunk(2)
-        output = combine_reward_guidance(conditioned, unconditioned, condition.guidance_scale)
-        return Transformer2DModelOutput(sample=output) if return_dict else (output,)
+        return self._combine_guided_output(output, condition, return_dict)
 
     def _forward_rewarded(
         self,

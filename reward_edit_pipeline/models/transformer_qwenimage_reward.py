@@ -47,11 +47,8 @@ from diffusers.utils import apply_lora_scale
 from torch import nn
 
 from ..rewards import DEFAULT_NO_FAILURE_TEXT, PERSPECTIVES
-from .reward_conditioner import REWARD_INIT_CHOICES, RewardConditionEmbeddings, RewardConditioner
-from .reward_dit_condition import RewardCondition, combine_reward_guidance
+from .reward_dit_mixin import RewardDiTMixin, doubled_batch
 
-REWARD_CONDITION_KEY = "reward_condition"
-_REWARD_PREFIXES = ("reward_conditioner.", "reward_attention.")
 # `QwenImageTransformer2DModel.__init__` arguments, copied when wrapping a base model.
 _BASE_PARAMETERS: tuple[str, ...] = (
     "patch_size",
@@ -66,13 +63,6 @@ _BASE_PARAMETERS: tuple[str, ...] = (
     "zero_cond_t",
     "use_additional_t_cond",
     "use_layer3d_rope",
-)
-_REWARD_PARAMETERS: tuple[str, ...] = (
-    "failure_text_embed_dim",
-    "reward_num_scores",
-    "reward_sinusoid_dim",
-    "reward_token_dim",
-    "no_failure_text",
 )
 
 
@@ -180,7 +170,7 @@ class QwenRewardDoubleStreamAttnProcessor:
         return img_attn_output, txt_attn_output
 
 
-class RewardQwenImageTransformer2DModel(QwenImageTransformer2DModel):
+class RewardQwenImageTransformer2DModel(RewardDiTMixin, QwenImageTransformer2DModel):
     r"""A `QwenImageTransformer2DModel` (Qwen-Image / -Edit / -Edit-2509 / -2511 layout) with multi-reward conditions.
 
     All parent arguments are accepted unchanged. Reward arguments:
@@ -200,6 +190,12 @@ class RewardQwenImageTransformer2DModel(QwenImageTransformer2DModel):
     """
 
     _skip_layerwise_casting_patterns = ["pos_embed", "norm", "reward_conditioner"]
+    _base_transformer_class = QwenImageTransformer2DModel
+    _base_config_parameters = _BASE_PARAMETERS
+    _reward_attention_class = QwenRewardAttention
+    _reward_processor_class = QwenRewardDoubleStreamAttnProcessor
+    _reward_kwargs_name = "attention_kwargs"
+    _failure_text_encoder_name = "Qwen2.5-VL"
 
     @register_to_config
     def __init__(
@@ -238,85 +234,11 @@ class RewardQwenImageTransformer2DModel(QwenImageTransformer2DModel):
             use_additional_t_cond=use_additional_t_cond,
             use_layer3d_rope=use_layer3d_rope,
         )
-        if reward_init not in REWARD_INIT_CHOICES:
-            raise ValueError(f"`reward_init` must be one of {REWARD_INIT_CHOICES}, got {reward_init!r}")
-        if failure_text_embed_dim is None:
-            failure_text_embed_dim = joint_attention_dim
-            self.register_to_config(failure_text_embed_dim=failure_text_embed_dim)
-        self._build_reward_modules(reward_init)
+        self._init_reward_config(reward_init, failure_text_embed_dim, default_embed_dim=joint_attention_dim)
 
-    def _build_reward_modules(self, reward_init: str) -> None:
-        """(Re)create the reward modules (new parameters on the current default device) and the block processors."""
-        config = self.config
-        self.reward_conditioner = RewardConditioner(
-            text_embed_dim=config.failure_text_embed_dim,
-            global_dim=self.inner_dim,
-            token_dim=config.reward_token_dim,
-            num_scores=config.reward_num_scores,
-            sinusoid_dim=config.reward_sinusoid_dim,
-            reward_init=reward_init,
-        )
-        self.reward_attention = nn.ModuleList(
-            [
-                QwenRewardAttention(config.reward_token_dim, self.inner_dim, config.attention_head_dim)
-                for _ in range(config.num_layers)
-            ]
-        )
-        for block in self.transformer_blocks:
-            block.attn.set_processor(QwenRewardDoubleStreamAttnProcessor())
-
-    @classmethod
-    def from_transformer(
-        cls, transformer: QwenImageTransformer2DModel, reward_init: str = "zero", **reward_config: Any
-    ) -> RewardQwenImageTransformer2DModel:
-        """Wrap a plain `QwenImageTransformer2DModel` with new reward modules.
-
-        The base parameters are **shared** with `transformer` (no copy of a 20B model); the reward modules are created
-        on its device and dtype. With `reward_init="zero"` the result computes exactly what `transformer` computes
-        until it is trained.
-        """
-        if isinstance(transformer, cls):
-            raise ValueError("`transformer` already has reward modules")
-        if not isinstance(transformer, QwenImageTransformer2DModel):
-            raise TypeError(f"`transformer` must be a QwenImageTransformer2DModel, got {type(transformer).__name__}")
-        unknown = set(reward_config) - set(_REWARD_PARAMETERS)
-        if unknown:
-            raise TypeError(f"unknown reward config arguments {sorted(unknown)}; accepted: {list(_REWARD_PARAMETERS)}")
-        base_config = {name: transformer.config[name] for name in _BASE_PARAMETERS if name in transformer.config}
-        with torch.device("meta"):
-            model = cls(**base_config, reward_init=reward_init, **reward_config)
-        missing, unexpected = model.load_state_dict(transformer.state_dict(), strict=False, assign=True)
-        if unexpected or any(not name.startswith(_REWARD_PREFIXES) for name in missing):
-            raise ValueError(f"state dict mismatch when wrapping: missing={missing}, unexpected={unexpected}")
+    def _share_unregistered_tensors(self, transformer: QwenImageTransformer2DModel) -> None:
         # RoPE tables are plain tensor attributes (not buffers), so the meta-built ones hold no data: share the base's.
-        model.pos_embed = transformer.pos_embed
-        parameter = next(transformer.parameters())
-        with torch.device(parameter.device):
-            model._build_reward_modules(reward_init)
-        model.reward_conditioner.to(parameter.dtype)
-        model.reward_attention.to(parameter.dtype)
-        leftover = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
-        if leftover:
-            raise RuntimeError(f"tensors left on the meta device after wrapping: {leftover[:5]}")
-        model.train(transformer.training)
-        return model
-
-    def reward_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the reward modules (trained in full)."""
-        return [*self.reward_conditioner.parameters(), *self.reward_attention.parameters()]
-
-    def base_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict without the reward modules: what a plain `QwenImageTransformer2DModel` loads."""
-        return {name: tensor for name, tensor in self.state_dict().items() if not name.startswith(_REWARD_PREFIXES)}
-
-    def compute_reward_condition(
-        self,
-        reward_scores: torch.Tensor,
-        failure_text_embeds: torch.Tensor,
-        null_reward_mask: torch.Tensor | None = None,
-    ) -> RewardConditionEmbeddings:
-        """Run the conditioner on validated `[B, 3]` scores and `[B, D]` pooled failure-text embeddings."""
-        return self.reward_conditioner(reward_scores, failure_text_embeds, null_reward_mask)
+        self.pos_embed = transformer.pos_embed
 
     @apply_lora_scale("attention_kwargs")
     def forward(
@@ -341,35 +263,15 @@ class RewardQwenImageTransformer2DModel(QwenImageTransformer2DModel):
         `null_reward_mask` `[B]`), or as a `RewardCondition` in `attention_kwargs["reward_condition"]` (precomputed
         embeddings, optionally with reward guidance). Other arguments: as in the parent.
         """
-        attention_kwargs = dict(attention_kwargs or {})
-        condition = attention_kwargs.pop(REWARD_CONDITION_KEY, None)
-        if condition is not None and reward_scores is not None:
-            raise ValueError("pass either `reward_scores`/`failure_text_embeds` or a `reward_condition`, not both")
-        if condition is None:
-            if reward_scores is None or failure_text_embeds is None:
-                raise ValueError(
-                    f"{type(self).__name__} needs a reward condition: `reward_scores` [batch, "
-                    f"{self.config.reward_num_scores}] and `failure_text_embeds` [batch, "
-                    f"{self.config.failure_text_embed_dim}] (pooled Qwen2.5-VL embedding of the failure text; no "
-                    f"failure: {self.config.no_failure_text!r}), or attention_kwargs['{REWARD_CONDITION_KEY}']"
-                )
-            condition = RewardCondition(self.reward_conditioner(reward_scores, failure_text_embeds, null_reward_mask))
-        elif not isinstance(condition, RewardCondition):
-            raise TypeError(
-                f"attention_kwargs['{REWARD_CONDITION_KEY}'] must be a RewardCondition, got {type(condition).__name__}"
-            )
-        for index, block in enumerate(self.transformer_blocks):
-            if not isinstance(block.attn.processor, QwenRewardDoubleStreamAttnProcessor):
-                raise ValueError(
-                    f"transformer_blocks[{index}] uses {type(block.attn.processor).__name__}; the reward tokens need "
-                    "QwenRewardDoubleStreamAttnProcessor (set_attn_processor replaced it)"
-                )
         batch = hidden_states.shape[0]
-        embeddings = condition.embeddings
+        condition, attention_kwargs = self._resolve_reward_condition(
+            attention_kwargs, reward_scores, failure_text_embeds, null_reward_mask, batch
+        )
+        global_embedding, reward_tokens = self._reward_inputs(condition, batch)
         if condition.guidance_scale <= 1.0:
             return self._forward_rewarded(
-                embeddings.global_embedding.expand(batch, -1),
-                embeddings.tokens.expand(batch, -1, -1),
+                global_embedding,
+                reward_tokens,
                 hidden_states,
                 encoder_hidden_states,
                 encoder_hidden_states_mask,
@@ -382,32 +284,22 @@ class RewardQwenImageTransformer2DModel(QwenImageTransformer2DModel):
                 return_dict,
             )
         # Reward guidance: the same inputs with the requested and with the null reward condition in one batch.
-        if controlnet_block_samples is not None:
-            raise ValueError(
-                "reward guidance (`guidance_scale` > 1 in the reward condition) does not support ControlNet"
-            )
-        null = condition.null_embeddings
-
-        def doubled(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            return None if tensor is None else torch.cat([tensor, tensor])
-
+        self._check_guidance_without_controlnet(controlnet_block_samples)
         output = self._forward_rewarded(
-            torch.cat([embeddings.global_embedding.expand(batch, -1), null.global_embedding.expand(batch, -1)]),
-            torch.cat([embeddings.tokens.expand(batch, -1, -1), null.tokens.expand(batch, -1, -1)]),
-            doubled(hidden_states),
-            doubled(encoder_hidden_states),
-            doubled(encoder_hidden_states_mask),
-            doubled(timestep),
+            global_embedding,
+            reward_tokens,
+            doubled_batch(hidden_states),
+            doubled_batch(encoder_hidden_states),
+            doubled_batch(encoder_hidden_states_mask),
+            doubled_batch(timestep),
             None if img_shapes is None else list(img_shapes) * 2,
-            doubled(guidance),
+            doubled_batch(guidance),
             attention_kwargs,
             None,
-            doubled(additional_t_cond),
+            doubled_batch(additional_t_cond),
             False,
         )[0]
-        conditioned, unconditioned = output.chunk(2)
-        output = combine_reward_guidance(conditioned, unconditioned, condition.guidance_scale)
-        return Transformer2DModelOutput(sample=output) if return_dict else (output,)
+        return self._combine_guided_output(output, condition, return_dict)
 
     def _forward_rewarded(
         self,

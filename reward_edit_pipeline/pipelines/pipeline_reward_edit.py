@@ -24,7 +24,8 @@ from ..devices import diffusers_dtype_kwarg, normalize_dtype_kwarg
 from ..downloads import DOWNLOAD_KWARGS, PIPELINE_ALLOW_PATTERNS, download_pipeline_files
 from ..images import DEFAULT_MAX_IMAGE_PIXELS, array_to_float, check_image_pixels, pil_to_array
 from ..models.unet_2d_reward import RewardUNet2DConditionModel
-from ..rewards import BEST_SCORES, parse_reward_scores, resolve_failure_text
+from ..rewards import BEST_SCORES, parse_reward_scores
+from .reward_dit_common import resolve_failure_texts
 
 logger = logging.get_logger(__name__)
 
@@ -295,15 +296,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         """Resolve `failure_text` to one string per prompt with `reward_edit_pipeline.rewards.resolve_failure_text`
         (`None`, `""` or blank → the model's no-failure text; a string or a tuple of per-perspective texts → used for
         every prompt); a list gives one such value per prompt."""
-        no_failure_text = self.unet.config.no_failure_text
-        if isinstance(failure_text, list):
-            if len(failure_text) != batch_size:
-                raise ValueError(
-                    f"`failure_text` as a list needs one entry per prompt ({batch_size}), got {len(failure_text)}; "
-                    "pass a tuple for per-perspective texts (following, preserving, quality)"
-                )
-            return [resolve_failure_text(entry, no_failure_text) for entry in failure_text]
-        return [resolve_failure_text(failure_text, no_failure_text)] * batch_size
+        return resolve_failure_texts(failure_text, batch_size, self.unet.config.no_failure_text)
 
     # ------------------------------------------------------------------ checks
     def check_reward_edit_inputs(
@@ -475,6 +468,26 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         return getattr(self, "_interrupt", False)
 
     # ------------------------------------------------------------------ call
+    def _combine_branch_predictions(
+        self, noise_pred: torch.Tensor, num_model_branches: int, reward_guidance_scale: float | None
+    ) -> torch.Tensor:
+        """One guided prediction from the UNet's batched branches: `[text, image, uncond]` (InstructPix2Pix
+        classifier-free guidance, `guidance_scale` on the text and `image_guidance_scale` on the image) or `[text]`
+        without CFG, then optionally a null-reward branch last, pushed away from by `reward_guidance_scale`."""
+        branches = noise_pred.chunk(num_model_branches)
+        if self.do_classifier_free_guidance:
+            noise_pred_text, noise_pred_image, noise_pred_uncond = branches[:3]
+            noise_pred = (
+                noise_pred_uncond
+                + self.guidance_scale * (noise_pred_text - noise_pred_image)
+                + self.image_guidance_scale * (noise_pred_image - noise_pred_uncond)
+            )
+        else:
+            noise_pred_text = noise_pred = branches[0]
+        if reward_guidance_scale is not None:
+            noise_pred = noise_pred + (reward_guidance_scale - 1.0) * (noise_pred_text - branches[-1])
+        return noise_pred
+
     @torch.no_grad()
     def __call__(
         self,
@@ -665,18 +678,9 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
                     return_dict=False,
                 )[0]
 
-                branches = noise_pred.chunk(num_model_branches)
-                if self.do_classifier_free_guidance:
-                    noise_pred_text, noise_pred_image, noise_pred_uncond = branches[:3]
-                    noise_pred = (
-                        noise_pred_uncond
-                        + self.guidance_scale * (noise_pred_text - noise_pred_image)
-                        + self.image_guidance_scale * (noise_pred_image - noise_pred_uncond)
-                    )
-                else:
-                    noise_pred_text = noise_pred = branches[0]
-                if do_reward_guidance:
-                    noise_pred = noise_pred + (reward_guidance_scale - 1.0) * (noise_pred_text - branches[-1])
+                noise_pred = self._combine_branch_predictions(
+                    noise_pred, num_model_branches, reward_guidance_scale if do_reward_guidance else None
+                )
 
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 

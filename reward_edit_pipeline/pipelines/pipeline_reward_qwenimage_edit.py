@@ -29,20 +29,16 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_shif
 from diffusers.utils import logging
 
 from ..devices import normalize_dtype_kwarg
-from ..downloads import DOWNLOAD_KWARGS, download_pipeline_files
-from ..models.transformer_qwenimage_reward import REWARD_CONDITION_KEY, RewardQwenImageTransformer2DModel
+from ..models.reward_dit_mixin import REWARD_CONDITION_KEY
+from ..models.transformer_qwenimage_reward import RewardQwenImageTransformer2DModel
 from ..rewards import BEST_SCORES
 from .reward_dit_common import (
     FailureTextInput,
-    RewardCondition,
+    RewardDiTPipelineMixin,
     ScoreInput,
-    build_reward_condition,
+    batch_size_from_prompt,
     encode_unique_texts,
-    load_reward_adapter_into,
-    prepare_reward_inputs,
-    read_reward_adapter_config,
-    read_saved_model_index,
-    rewrite_saved_model_index,
+    validate_num_images_per_prompt,
 )
 
 logger = logging.get_logger(__name__)
@@ -83,14 +79,39 @@ def _validate_area(name: str, value: Any) -> int:
     return value
 
 
-class _RewardQwenImageEditMixin:
+class _RewardQwenImageEditMixin(RewardDiTPipelineMixin):
     """What the single-image and the Plus reward pipelines share (loading, reward inputs, the denoising call)."""
 
-    loader_module_stem: str
+    package_classes = PACKAGE_CLASSES
+    reward_transformer_class = RewardQwenImageTransformer2DModel
+    stock_loader_name = "from_qwen_image_edit"
+    stock_checkpoint_name = "Qwen-Image-Edit"
     stock_pipeline_class: type
     default_condition_image_area: int
-    #: marks the DiT call convention (`image`, then `prompt`; no image guidance) for `reward_dit_common.run_edit`
-    is_dit_reward_pipeline = True
+
+    def __init__(
+        self,
+        scheduler,
+        vae,
+        text_encoder,
+        tokenizer,
+        processor,
+        transformer,
+        vae_image_area: int | None = None,
+        condition_image_area: int | None = None,
+    ) -> None:
+        super().__init__(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            processor=processor,
+            transformer=transformer,
+        )
+        self._init_reference_areas(vae_image_area, condition_image_area)
+
+    def _check_prompt_count(self, prompt: str | list[str] | None) -> None:
+        """Hook: refuse prompt counts the variant does not edit (the Plus pipeline edits one prompt per call)."""
 
     def _init_reference_areas(self, vae_image_area: int | None, condition_image_area: int | None) -> None:
         """Validate the reference areas, record them in the pipeline config (saved in `model_index.json`, so a saved
@@ -105,31 +126,6 @@ class _RewardQwenImageEditMixin:
         self.condition_image_area = condition_image_area
 
     # ------------------------------------------------------------------ loading and saving
-    @classmethod
-    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
-        config = super()._dict_from_json_file(json_file)
-        return read_saved_model_index(config, cls.__name__, cls.loader_module_stem, PACKAGE_CLASSES)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
-        """Load a saved reward Qwen-Image-Edit folder or Hub repo id (configs, safetensors and tokenizer files only).
-        The loading dtype may be given as `dtype=` or `torch_dtype=`. A stock Qwen-Image-Edit checkpoint is refused
-        with a pointer to `from_qwen_image_edit`."""
-        normalize_dtype_kwarg(kwargs)
-        if not os.path.isdir(pretrained_model_name_or_path):
-            download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
-            pretrained_model_name_or_path = download_pipeline_files(
-                str(pretrained_model_name_or_path), **download_kwargs
-            )
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        if not isinstance(pipe.transformer, RewardQwenImageTransformer2DModel):
-            raise ValueError(
-                f"{pretrained_model_name_or_path!s} holds a plain {type(pipe.transformer).__name__}, not a "
-                f"RewardQwenImageTransformer2DModel. Use {cls.__name__}.from_qwen_image_edit(...) to wrap a "
-                "Qwen-Image-Edit checkpoint with new reward modules."
-            )
-        return pipe
-
     @classmethod
     def from_base(
         cls,
@@ -170,37 +166,6 @@ class _RewardQwenImageEditMixin:
         stock = cls.stock_pipeline_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return cls.from_base(stock, reward_init, **areas, **(reward_config or {}))
 
-    def load_reward_adapter(self, adapter_folder: str | os.PathLike) -> None:
-        """Load what `reward-edit train --backbone qwen-image-edit` writes to `<output_dir>/reward_lora/` onto this
-        (base-wrapped) pipeline: the reward modules (`reward_modules.safetensors`, all keys required, same reward
-        settings) and the LoRA (`pytorch_lora_weights.safetensors`, diffusers' format, via `load_lora_weights`)."""
-        load_reward_adapter_into(self, adapter_folder)
-
-    @classmethod
-    def from_reward_adapter(
-        cls, pretrained_model_name_or_path: str | os.PathLike, adapter_folder: str | os.PathLike, **kwargs: Any
-    ):
-        """Wrap a stock Qwen-Image-Edit checkpoint with the reward settings of `adapter_folder` and load the adapter
-        (`load_reward_adapter`): the small-download alternative to a full trained pipeline folder."""
-        reward_config = read_reward_adapter_config(adapter_folder)
-        pipe = cls.from_qwen_image_edit(pretrained_model_name_or_path, reward_config=reward_config, **kwargs)
-        pipe.load_reward_adapter(adapter_folder)
-        return pipe
-
-    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any):
-        """Save as safetensors, loadable by `<this class>.from_pretrained(folder)` and by
-        `diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` (through one-line loader
-        modules written into the folder, which import this installed package). The reference-image areas are saved
-        in `model_index.json` and restored on load."""
-        if not safe_serialization:
-            raise ValueError(
-                f"{type(self).__name__} saves safetensors only; `safe_serialization=False` is not supported"
-            )
-        if kwargs.get("push_to_hub"):
-            raise ValueError("use `reward-edit push-model` (reward_edit_pipeline.hub) to upload a saved folder")
-        super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
-        rewrite_saved_model_index(save_directory, type(self).__name__, self.loader_module_stem, PACKAGE_CLASSES)
-
     # ------------------------------------------------------------------ reward conditions
     def _encode_unique_failure_texts(self, texts: list[str], device: torch.device) -> torch.Tensor:
         inputs = self.tokenizer(
@@ -223,25 +188,6 @@ class _RewardQwenImageEditMixin:
         device = device or self._execution_device
         return encode_unique_texts(texts, lambda unique: self._encode_unique_failure_texts(unique, device))
 
-    def prepare_reward_condition(
-        self,
-        reward_scores: ScoreInput | None,
-        failure_text: FailureTextInput,
-        reward_guidance_scale: float,
-        batch_size: int,
-        num_images_per_prompt: int,
-        device: torch.device | None = None,
-    ) -> RewardCondition:
-        """Validate the reward arguments and run the transformer's conditioner once for the whole call."""
-        device = device or self._execution_device
-        inputs = prepare_reward_inputs(
-            reward_scores, failure_text, reward_guidance_scale, batch_size, self.transformer.config.no_failure_text
-        )
-        failure_text_embeds = self.encode_failure_text(inputs.failure_texts, device)
-        conditioner = self.transformer.reward_conditioner
-        failure_text_embeds = failure_text_embeds.to(next(conditioner.parameters()).dtype)
-        return build_reward_condition(conditioner, inputs, failure_text_embeds, num_images_per_prompt, device)
-
     def input_size_call_kwargs(self, image: Any) -> dict[str, Any]:
         """Call arguments that edit at the input image's size (rounded down to a multiple of 16) instead of the
         default output area. Used by `run_edit` (CLI, benchmark). The reference images keep `vae_image_area`."""
@@ -262,57 +208,72 @@ class _RewardQwenImageEditMixin:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ call
-    def _run_edit(
+    @torch.no_grad()
+    def __call__(
         self,
-        image: PIL.Image.Image | list[PIL.Image.Image],
-        prompt: str | list[str] | None,
-        negative_prompt: str | list[str] | None,
-        true_cfg_scale: float,
-        height: int | None,
-        width: int | None,
-        num_inference_steps: int,
-        sigmas: list[float] | None,
-        guidance_scale: float | None,
-        num_images_per_prompt: int,
-        generator: torch.Generator | list[torch.Generator] | None,
-        latents: torch.Tensor | None,
-        prompt_embeds: torch.Tensor | None,
-        prompt_embeds_mask: torch.Tensor | None,
-        negative_prompt_embeds: torch.Tensor | None,
-        negative_prompt_embeds_mask: torch.Tensor | None,
-        output_type: str,
-        return_dict: bool,
-        attention_kwargs: dict[str, Any] | None,
-        callback_on_step_end: Callable | None,
-        callback_on_step_end_tensor_inputs: list[str],
-        max_sequence_length: int,
-        reward_scores: ScoreInput | None,
-        failure_text: FailureTextInput,
-        reward_guidance_scale: float,
+        image: PIL.Image.Image | list[PIL.Image.Image] | None = None,
+        prompt: str | list[str] | None = None,
+        reward_scores: ScoreInput | None = BEST_SCORES,
+        failure_text: FailureTextInput = None,
+        reward_guidance_scale: float = 1.0,
+        negative_prompt: str | list[str] | None = None,
+        true_cfg_scale: float = 4.0,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        sigmas: list[float] | None = None,
+        guidance_scale: float | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_embeds_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds_mask: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (the stock signature)
+        max_sequence_length: int = 512,
     ) -> QwenImagePipelineOutput | tuple:
+        r"""Edit `image` following `prompt`, conditioned on reward scores and a failure text.
+
+        Args:
+            image (`PIL.Image.Image` or list of them): the image to edit (`RewardQwenImageEditPipeline`: one, or one
+                per prompt); the reference image(s) (`RewardQwenImageEditPlusPipeline`: several images are all shown
+                to the model, one prompt per call).
+            prompt (`str` or `list[str]`): the edit instruction(s).
+            reward_scores (triple, list of triples, tensor `[3]`/`[B, 3]`, or `None`, defaults to `(5, 5, 5)`):
+                following, preserving, quality, each in [0, 5]; `None` selects the null reward condition.
+            failure_text (`str`, `tuple`, `list` or `None`, defaults to `None`): `None` → the model's "no failure"
+                text (`transformer.config.no_failure_text`); a string is used as is; a tuple
+                `(following, preserving, quality)` is joined with `"; "` (a missing or blank one written `None`);
+                a list gives one such value per prompt.
+            reward_guidance_scale (`float`, defaults to 1.0): `> 1` also runs the null reward condition and pushes the
+                prediction away from it (meaningful for models trained with reward dropout); doubles the transformer
+                batch.
+            height, width (`int`, *optional*): output size; defaults to about `pipe.vae_image_area` pixels at the
+                reference image's aspect ratio (multiples of 16).
+            Other arguments: as in the stock pipeline (`negative_prompt` + `true_cfg_scale` > 1 for true CFG, in
+                which both passes use the requested reward condition).
+
+        The reference images are resized to about `pipe.vae_image_area` pixels for the VAE and
+        `pipe.condition_image_area` pixels for the vision-language prompt (attributes; stock defaults 1024² and
+        1024² for the Edit pipeline, 1024² and 384² for the Plus pipeline).
+
+        Returns:
+            `QwenImagePipelineOutput` or a tuple, as the stock pipeline.
+        """
+        self._check_prompt_count(prompt)
         # 0. Check inputs
-        if prompt is not None:
-            if isinstance(prompt, str):
-                batch_size = 1
-            elif isinstance(prompt, list) and prompt and all(isinstance(text, str) for text in prompt):
-                batch_size = len(prompt)
-            else:
-                raise TypeError(f"`prompt` must be a non-empty string or a list of strings, got {prompt!r}")
-        elif prompt_embeds is not None:
-            batch_size = prompt_embeds.shape[0]
-        else:
-            raise ValueError("provide `prompt` (the edit instruction) or `prompt_embeds`")
+        batch_size = batch_size_from_prompt(prompt, prompt_embeds)
         images = image if isinstance(image, list) else [image]
         if image is None or not images or not all(isinstance(item, PIL.Image.Image) for item in images):
             raise TypeError(f"`image` must be a PIL image or a non-empty list of PIL images, got {image!r}")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}")
-        if (
-            isinstance(num_images_per_prompt, bool)
-            or not isinstance(num_images_per_prompt, int)
-            or num_images_per_prompt < 1
-        ):
-            raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}")
+        validate_num_images_per_prompt(num_images_per_prompt)
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}")
         if attention_kwargs and REWARD_CONDITION_KEY in attention_kwargs:
@@ -484,33 +445,6 @@ class _RewardQwenImageEditMixin:
         return QwenImagePipelineOutput(images=output)
 
 
-_CALL_DOC = r"""Edit `image` following `prompt`, conditioned on reward scores and a failure text.
-
-        Args:
-            image (`PIL.Image.Image` or list of them): {image_doc}
-            prompt (`str` or `list[str]`): the edit instruction(s).
-            reward_scores (triple, list of triples, tensor `[3]`/`[B, 3]`, or `None`, defaults to `(5, 5, 5)`):
-                following, preserving, quality, each in [0, 5]; `None` selects the null reward condition.
-            failure_text (`str`, `tuple`, `list` or `None`, defaults to `None`): `None` → the model's "no failure"
-                text (`transformer.config.no_failure_text`); a string is used as is; a tuple
-                `(following, preserving, quality)` is joined with `"; "` (a missing or blank one written `None`);
-                a list gives one such value per prompt.
-            reward_guidance_scale (`float`, defaults to 1.0): `> 1` also runs the null reward condition and pushes the
-                prediction away from it (meaningful for models trained with reward dropout); doubles the transformer
-                batch.
-            height, width (`int`, *optional*): output size; defaults to about `pipe.vae_image_area` pixels at the
-                reference image's aspect ratio (multiples of 16).
-            Other arguments: as in the stock pipeline (`negative_prompt` + `true_cfg_scale` > 1 for true CFG, in
-                which both passes use the requested reward condition).
-
-        The reference images are resized to about `pipe.vae_image_area` pixels for the VAE and
-        `pipe.condition_image_area` pixels for the vision-language prompt (attributes; stock defaults {areas}).
-
-        Returns:
-            `QwenImagePipelineOutput` or a tuple, as the stock pipeline.
-        """
-
-
 class RewardQwenImageEditPipeline(_RewardQwenImageEditMixin, QwenImageEditPipeline):
     r"""Qwen-Image-Edit with reward conditions (Gu et al., ICLR 2025, on a DiT editor): one reference image per prompt.
 
@@ -526,27 +460,6 @@ class RewardQwenImageEditPipeline(_RewardQwenImageEditMixin, QwenImageEditPipeli
     stock_pipeline_class = QwenImageEditPipeline
     default_condition_image_area = STOCK_VAE_IMAGE_AREA
 
-    def __init__(
-        self,
-        scheduler,
-        vae,
-        text_encoder,
-        tokenizer,
-        processor,
-        transformer,
-        vae_image_area: int | None = None,
-        condition_image_area: int | None = None,
-    ) -> None:
-        super().__init__(
-            scheduler=scheduler,
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            processor=processor,
-            transformer=transformer,
-        )
-        self._init_reference_areas(vae_image_area, condition_image_area)
-
     def _prepare_reference_images(self, images):
         first_width, first_height = images[0].size
         width, height = dimensions_for_area(self.vae_image_area, first_width / first_height)
@@ -554,67 +467,6 @@ class RewardQwenImageEditPipeline(_RewardQwenImageEditMixin, QwenImageEditPipeli
         vae_image = self.image_processor.preprocess(resized, height, width).unsqueeze(2)
         prompt_image = resized if len(resized) > 1 else resized[0]
         return prompt_image, vae_image, [(width, height)], first_width / first_height
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        image: PIL.Image.Image | list[PIL.Image.Image] | None = None,
-        prompt: str | list[str] | None = None,
-        reward_scores: ScoreInput | None = BEST_SCORES,
-        failure_text: FailureTextInput = None,
-        reward_guidance_scale: float = 1.0,
-        negative_prompt: str | list[str] | None = None,
-        true_cfg_scale: float = 4.0,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        sigmas: list[float] | None = None,
-        guidance_scale: float | None = None,
-        num_images_per_prompt: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        prompt_embeds_mask: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds_mask: torch.Tensor | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        attention_kwargs: dict[str, Any] | None = None,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (the stock signature)
-        max_sequence_length: int = 512,
-    ) -> QwenImagePipelineOutput | tuple:
-        return self._run_edit(
-            image,
-            prompt,
-            negative_prompt,
-            true_cfg_scale,
-            height,
-            width,
-            num_inference_steps,
-            sigmas,
-            guidance_scale,
-            num_images_per_prompt,
-            generator,
-            latents,
-            prompt_embeds,
-            prompt_embeds_mask,
-            negative_prompt_embeds,
-            negative_prompt_embeds_mask,
-            output_type,
-            return_dict,
-            attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            max_sequence_length,
-            reward_scores,
-            failure_text,
-            reward_guidance_scale,
-        )
-
-    __call__.__doc__ = _CALL_DOC.format(
-        image_doc="the image to edit (one, or one per prompt).", areas="1024² and 1024²"
-    )
 
 
 class RewardQwenImageEditPlusPipeline(_RewardQwenImageEditMixin, QwenImageEditPlusPipeline):
@@ -633,26 +485,11 @@ class RewardQwenImageEditPlusPipeline(_RewardQwenImageEditMixin, QwenImageEditPl
     stock_pipeline_class = QwenImageEditPlusPipeline
     default_condition_image_area = STOCK_PLUS_CONDITION_IMAGE_AREA
 
-    def __init__(
-        self,
-        scheduler,
-        vae,
-        text_encoder,
-        tokenizer,
-        processor,
-        transformer,
-        vae_image_area: int | None = None,
-        condition_image_area: int | None = None,
-    ) -> None:
-        super().__init__(
-            scheduler=scheduler,
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            processor=processor,
-            transformer=transformer,
-        )
-        self._init_reference_areas(vae_image_area, condition_image_area)
+    def _check_prompt_count(self, prompt: str | list[str] | None) -> None:
+        if isinstance(prompt, list) and len(prompt) > 1:
+            raise ValueError(
+                f"{type(self).__name__} edits one prompt per call (as QwenImageEditPlusPipeline), got {len(prompt)}"
+            )
 
     def _prepare_reference_images(self, images):
         condition_images, vae_images, vae_sizes = [], [], []
@@ -665,68 +502,3 @@ class RewardQwenImageEditPlusPipeline(_RewardQwenImageEditMixin, QwenImageEditPl
             vae_sizes.append((vae_width, vae_height))
         last_width, last_height = images[-1].size
         return condition_images, vae_images, vae_sizes, last_width / last_height
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        image: PIL.Image.Image | list[PIL.Image.Image] | None = None,
-        prompt: str | list[str] | None = None,
-        reward_scores: ScoreInput | None = BEST_SCORES,
-        failure_text: FailureTextInput = None,
-        reward_guidance_scale: float = 1.0,
-        negative_prompt: str | list[str] | None = None,
-        true_cfg_scale: float = 4.0,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        sigmas: list[float] | None = None,
-        guidance_scale: float | None = None,
-        num_images_per_prompt: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        prompt_embeds_mask: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds_mask: torch.Tensor | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        attention_kwargs: dict[str, Any] | None = None,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (the stock signature)
-        max_sequence_length: int = 512,
-    ) -> QwenImagePipelineOutput | tuple:
-        if isinstance(prompt, list) and len(prompt) > 1:
-            raise ValueError(
-                f"{type(self).__name__} edits one prompt per call (as QwenImageEditPlusPipeline), got {len(prompt)}"
-            )
-        return self._run_edit(
-            image,
-            prompt,
-            negative_prompt,
-            true_cfg_scale,
-            height,
-            width,
-            num_inference_steps,
-            sigmas,
-            guidance_scale,
-            num_images_per_prompt,
-            generator,
-            latents,
-            prompt_embeds,
-            prompt_embeds_mask,
-            negative_prompt_embeds,
-            negative_prompt_embeds_mask,
-            output_type,
-            return_dict,
-            attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            max_sequence_length,
-            reward_scores,
-            failure_text,
-            reward_guidance_scale,
-        )
-
-    __call__.__doc__ = _CALL_DOC.format(
-        image_doc="the reference image(s); several images are all shown to the model.", areas="1024² and 384²"
-    )

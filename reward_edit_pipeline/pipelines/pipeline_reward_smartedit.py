@@ -32,6 +32,7 @@ from .pipeline_reward_edit import (
     RewardEditPipeline,
     ScoreInput,
 )
+from .reward_dit_common import prepare_reward_inputs
 
 logger = logging.get_logger(__name__)
 
@@ -271,16 +272,11 @@ class RewardSmartEditPipeline(RewardEditPipeline):
             output_type,
         )
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        use_null_reward = reward_scores is None
-        if use_null_reward:
-            if failure_text is not None or reward_guidance_scale > 1.0:
-                raise ValueError(
-                    "`reward_scores=None` selects the null reward condition: it takes no `failure_text` and no "
-                    "`reward_guidance_scale` > 1"
-                )
-            reward_scores = BEST_SCORES  # placeholder values, masked out by the null condition
-        reward_scores = self.prepare_reward_scores(reward_scores, batch_size)
-        failure_texts = self.prepare_failure_texts(failure_text, batch_size)
+        reward_inputs = prepare_reward_inputs(
+            reward_scores, failure_text, reward_guidance_scale, batch_size, self.unet.config.no_failure_text
+        )
+        use_null_reward = reward_inputs.use_null_reward
+        reward_scores, failure_texts = reward_inputs.reward_scores, reward_inputs.failure_texts
         self._guidance_scale = guidance_scale
         self._image_guidance_scale = image_guidance_scale
         self._interrupt = False
@@ -374,18 +370,9 @@ class RewardSmartEditPipeline(RewardEditPipeline):
                     cross_attention_kwargs=cross_attention_kwargs,
                     return_dict=False,
                 )[0]
-                branches = noise_pred.chunk(num_model_branches)
-                if self.do_classifier_free_guidance:
-                    noise_pred_text, noise_pred_image, noise_pred_uncond = branches[:3]
-                    noise_pred = (
-                        noise_pred_uncond
-                        + self.guidance_scale * (noise_pred_text - noise_pred_image)
-                        + self.image_guidance_scale * (noise_pred_image - noise_pred_uncond)
-                    )
-                else:
-                    noise_pred_text = noise_pred = branches[0]
-                if do_reward_guidance:
-                    noise_pred = noise_pred + (reward_guidance_scale - 1.0) * (noise_pred_text - branches[-1])
+                noise_pred = self._combine_branch_predictions(
+                    noise_pred, num_model_branches, reward_guidance_scale if do_reward_guidance else None
+                )
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     outputs = callback_on_step_end(self, step, t, {"latents": latents}) or {}

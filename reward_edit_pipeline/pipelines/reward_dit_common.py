@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..devices import normalize_dtype_kwarg
+from ..downloads import DOWNLOAD_KWARGS, download_pipeline_files
 from ..models.reward_conditioner import RewardConditioner
 from ..models.reward_dit_condition import RewardCondition, combine_reward_guidance, validate_reward_guidance_scale
 from ..rewards import BEST_SCORES, parse_reward_scores, resolve_failure_text
@@ -317,3 +319,123 @@ def load_reward_adapter_into(pipe: Any, adapter_folder: str | os.PathLike) -> No
     transformer.load_state_dict(state, strict=False)
     if os.path.isfile(os.path.join(folder, "pytorch_lora_weights.safetensors")):
         pipe.load_lora_weights(folder)
+
+
+def batch_size_from_prompt(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None) -> int:
+    """The call's batch size: 1 for a string `prompt`, its length for a list of strings, else `prompt_embeds`' rows."""
+    if prompt is not None:
+        if isinstance(prompt, str):
+            return 1
+        if isinstance(prompt, list) and prompt and all(isinstance(text, str) for text in prompt):
+            return len(prompt)
+        raise TypeError(f"`prompt` must be a non-empty string or a list of strings, got {prompt!r}")
+    if prompt_embeds is not None:
+        return prompt_embeds.shape[0]
+    raise ValueError("provide `prompt` (the edit instruction) or `prompt_embeds`")
+
+
+def validate_num_images_per_prompt(num_images_per_prompt: Any) -> int:
+    """`num_images_per_prompt` must be a positive integer."""
+    value = num_images_per_prompt
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {value!r}")
+    return value
+
+
+class RewardDiTPipelineMixin:
+    """Loading, saving, adapter loading and reward-condition preparation of the reward DiT pipelines.
+
+    Put it before the diffusers pipeline class in the bases (its `super()` calls reach that class). Subclasses set:
+
+    - `loader_module_stem`: pinned name of the loader shim written into saved folders (`model_index.json`);
+    - `package_classes`: this package's component classes that a saved `model_index.json` may name;
+    - `reward_transformer_class`: the reward transformer a loaded folder must hold;
+    - `stock_loader_name` / `stock_checkpoint_name`: the classmethod that wraps a stock checkpoint
+      (`from_flux_kontext(path, reward_init, reward_config, **kwargs)`) and what that checkpoint is, for messages.
+
+    and define `encode_failure_text(texts, device)`.
+    """
+
+    loader_module_stem: str
+    package_classes: dict[str, type]
+    reward_transformer_class: type
+    stock_loader_name: str
+    stock_checkpoint_name: str
+    #: marks the DiT call convention (`image`, then `prompt`; no image guidance) for `reward_dit_common.run_edit`
+    is_dit_reward_pipeline = True
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+        config = super()._dict_from_json_file(json_file)
+        return read_saved_model_index(config, cls.__name__, cls.loader_module_stem, cls.package_classes)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """Load a saved folder of this pipeline or its Hub repo id (configs, safetensors and tokenizer files only).
+        The loading dtype may be given as `dtype=` or `torch_dtype=`. A stock checkpoint (no reward modules) is
+        refused with a pointer to the classmethod that wraps one."""
+        normalize_dtype_kwarg(kwargs)
+        if not os.path.isdir(pretrained_model_name_or_path):
+            download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
+            pretrained_model_name_or_path = download_pipeline_files(
+                str(pretrained_model_name_or_path), **download_kwargs
+            )
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        expected = cls.reward_transformer_class.__name__
+        if not isinstance(pipe.transformer, cls.reward_transformer_class):
+            raise ValueError(
+                f"{pretrained_model_name_or_path!s} holds a plain {type(pipe.transformer).__name__}, not a "
+                f"{expected}. Use {cls.__name__}.{cls.stock_loader_name}(...) to wrap a "
+                f"{cls.stock_checkpoint_name} checkpoint with new reward modules."
+            )
+        return pipe
+
+    def load_reward_adapter(self, adapter_folder: str | os.PathLike) -> None:
+        """Load what `reward-edit train` writes to `<output_dir>/reward_lora/` for this backbone onto this
+        (base-wrapped) pipeline: the reward modules (`reward_modules.safetensors`, all keys required, same reward
+        settings) and the LoRA (`pytorch_lora_weights.safetensors`, diffusers' format, via `load_lora_weights`)."""
+        load_reward_adapter_into(self, adapter_folder)
+
+    @classmethod
+    def from_reward_adapter(
+        cls, pretrained_model_name_or_path: str | os.PathLike, adapter_folder: str | os.PathLike, **kwargs: Any
+    ):
+        """Wrap a stock checkpoint with the reward settings of `adapter_folder` and load the adapter
+        (`load_reward_adapter`): the small-download alternative to a full trained pipeline folder."""
+        reward_config = read_reward_adapter_config(adapter_folder)
+        from_stock = getattr(cls, cls.stock_loader_name)
+        pipe = from_stock(pretrained_model_name_or_path, reward_config=reward_config, **kwargs)
+        pipe.load_reward_adapter(adapter_folder)
+        return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs: Any):
+        """Save as safetensors, loadable by `<this class>.from_pretrained(folder)` and by
+        `diffusers.DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` (through one-line loader
+        modules written into the folder, which import this installed package)."""
+        if not safe_serialization:
+            raise ValueError(
+                f"{type(self).__name__} saves safetensors only; `safe_serialization=False` is not supported"
+            )
+        if kwargs.get("push_to_hub"):
+            raise ValueError("use `reward-edit push-model` (reward_edit_pipeline.hub) to upload a saved folder")
+        super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
+        rewrite_saved_model_index(save_directory, type(self).__name__, self.loader_module_stem, self.package_classes)
+
+    def prepare_reward_condition(
+        self,
+        reward_scores: ScoreInput | None,
+        failure_text: FailureTextInput,
+        reward_guidance_scale: float,
+        batch_size: int,
+        num_images_per_prompt: int,
+        device: torch.device | None = None,
+    ) -> RewardCondition:
+        """Validate the reward arguments and run the transformer's conditioner once for the whole call."""
+        device = device or self._execution_device
+        inputs = prepare_reward_inputs(
+            reward_scores, failure_text, reward_guidance_scale, batch_size, self.transformer.config.no_failure_text
+        )
+        failure_text_embeds = self.encode_failure_text(inputs.failure_texts, device)
+        conditioner = self.transformer.reward_conditioner
+        failure_text_embeds = failure_text_embeds.to(next(conditioner.parameters()).dtype)
+        return build_reward_condition(conditioner, inputs, failure_text_embeds, num_images_per_prompt, device)
