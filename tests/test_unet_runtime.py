@@ -3,6 +3,7 @@ older checkpoint key names."""
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
@@ -123,13 +124,16 @@ def test_precomputed_reward_condition_gives_the_same_output():
         raw = {name: inputs[name] for name in ("sample", "timestep", "encoder_hidden_states")}
         precomputed = unet(**raw, reward_condition=condition).sample
         via_added = unet(**raw, added_cond_kwargs={"reward_condition": condition}).sample
-        one_row = unet.compute_reward_condition(torch.tensor([1.0, 2.0, 3.0]), inputs["failure_text_embeds"][0])
-        broadcast = unet(**raw, reward_condition=one_row).sample
-        explicit = unet(
-            **raw, reward_scores=torch.tensor([1.0, 2.0, 3.0]), failure_text_embeds=inputs["failure_text_embeds"][0]
-        ).sample
+        # A 1-row and a 3-row matmul may round apart in float32 (BLAS picks kernels by shape): compare in float64.
+        unet64 = copy.deepcopy(unet).double()
+        raw64 = {name: value.double() if torch.is_tensor(value) else value for name, value in raw.items()}
+        scores64 = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+        text64 = inputs["failure_text_embeds"][0].double()
+        one_row = unet64.compute_reward_condition(scores64, text64)
+        broadcast = unet64(**raw64, reward_condition=one_row).sample
+        explicit = unet64(**raw64, reward_scores=scores64, failure_text_embeds=text64).sample
     assert torch.equal(precomputed, direct) and torch.equal(via_added, direct)
-    assert torch.allclose(broadcast, explicit, atol=1e-6, rtol=0)  # (a 1-row and a 2-row matmul may round apart)
+    assert torch.allclose(broadcast, explicit, atol=1e-12, rtol=0)
     assert isinstance(condition, RewardConditionEmbeddings)
     assert condition.global_embedding.shape == (3, unet.time_embedding.linear_2.out_features)
     assert condition.tokens.shape == (3, 2, unet.config.block_out_channels[0])

@@ -112,11 +112,12 @@ def _pep517_build(kind: str, source_dir: Path, out_dir: Path) -> Path:
 
 
 def _dependency_site_folders() -> list[str]:
-    """The ``site-packages`` folders the tests import their dependencies from (never the repository itself)."""
+    """The ``site-packages`` folders the tests import their dependencies from (never the repository's own folders;
+    a ``site-packages`` folder may lie inside the checkout, as ``.venv/`` does in CI)."""
     folders = []
     for entry in sys.path:
         path = Path(entry or ".").resolve()
-        if path.name in ("site-packages", "dist-packages") and path.is_dir() and ROOT not in path.parents:
+        if path.name in ("site-packages", "dist-packages") and path.is_dir():
             if str(path) not in folders:
                 folders.append(str(path))
     return folders
