@@ -258,7 +258,7 @@ def validate_llm_lora_args(args: argparse.Namespace) -> None:
             for name, default in (("llm_lora_alpha", None), ("llm_lora_dropout", 0.0), ("llm_lora_target_modules", None))
             if getattr(args, name) != default
         ]
-        _require(not given, f"{', '.join(given)} only apply with --llm_lora_rank >= 1 (0: the LLM stays frozen)")
+        _require(not given, f"{', '.join(given)} given without --llm_lora_rank >= 1 (rank 0, the default, keeps the LLM frozen)")
         return
     _require(
         args.backbone == "smartedit",
