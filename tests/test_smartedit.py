@@ -673,7 +673,7 @@ def test_training_with_llm_lora_resumes_bitwise_and_saves_the_merged_llm(saved_f
     for name, pipe in candidates.items():
         pipe.set_progress_bar_config(disable=True)
         edits[name] = _edit(pipe, image)
-    # measured: LLM states 3.6e-7 apart (the LoRA itself moves them by 4.6e-2); edits 2.7e-6 apart (LoRA: 6.2e-5)
+    # measured: LLM states 4.8e-7 apart (the LoRA itself moves them by 3.1e-2); edits 2.3e-6 apart (LoRA: 6.4e-5)
     assert (states["merged"] - states["unmerged"]).abs().max() <= 1e-5
     assert (states["merged"] - states["frozen"]).abs().max() > 1e-3
     edit_gap = np.abs(edits["merged"] - edits["unmerged"]).max()
@@ -683,4 +683,4 @@ def test_training_with_llm_lora_resumes_bitwise_and_saves_the_merged_llm(saved_f
     # leaves the scheduler's inference timesteps set)
     argv = _train_argv(saved_folder, tmp_path / "data", rewards, full)
     losses = [_fixed_noise_loss(RewardSmartEditPipeline.from_pretrained(folder), argv) for folder in (saved_folder, full)]
-    assert losses[1] < 0.9 * losses[0]  # measured: 1.127 → 0.771
+    assert losses[1] < 0.9 * losses[0]  # measured: 1.121 → 0.799

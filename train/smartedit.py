@@ -12,7 +12,7 @@ position and random-generator state). The final folder holds the pipeline with t
 Per micro-batch: LLM states at the image tokens (no grad unless the LLM has LoRA) → bridge → text condition and
 conv_in residual; the InstructPix2Pix conditioning dropout (u < p: empty prompt, p ≤ u < 2p: both, 2p ≤ u < 3p: no
 image; the empty prompt is SmartEdit's null condition, the CLIP states of "") and the reward dropout (null reward
-condition) as in the SD trainer; epsilon-prediction MSE.
+condition) as in the SD trainer; epsilon-prediction MSE on DDPM-noised latents (the folder's scheduler config).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 
 from .data import EpochShuffleSampler, SkipCounter, TripletDataset, collate_training_batch
@@ -107,8 +108,12 @@ def smartedit_training_loss(
     conditioning_dropout_prob: float,
     reward_dropout_prob: float,
     train_llm: bool = False,
+    noise_scheduler: Any = None,
 ) -> torch.Tensor:
-    """The loss of one micro-batch (see the module docstring); `train_llm`: the LLM runs with gradients (LoRA)."""
+    """The loss of one micro-batch (see the module docstring); `train_llm`: the LLM runs with gradients (LoRA).
+    `noise_scheduler` adds the noise (default: a `DDPMScheduler` from the pipeline scheduler's config)."""
+    if noise_scheduler is None:
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     device = null_text.device
     original, edited = batch["original_pixel_values"].to(device), batch["edited_pixel_values"].to(device)
@@ -127,8 +132,8 @@ def smartedit_training_loss(
     latent_size = tuple(latents.shape[-2:])
     conditions = pipe.bridge(llm_states, vision_features, latent_size)
     noise = torch.randn(latents.shape, generator=generator)
-    timesteps = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (rows,), generator=generator)
-    noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (rows,), generator=generator)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     p = conditioning_dropout_prob
     uniform = torch.rand(rows, generator=generator)
     drop_prompt = (uniform < 2 * p).view(-1, 1, 1)
@@ -165,6 +170,9 @@ def train_smartedit(args: argparse.Namespace) -> Path:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pipe = RewardSmartEditPipeline.from_pretrained(args.pretrained_model_name_or_path)
+    # The training noise follows the DDPM rule sqrt(ᾱ)·x + sqrt(1 - ᾱ)·ε (as the SD trainer), which is what the UNet
+    # sees at inference after `scale_model_input`; an Euler scheduler's own `add_noise` gives x + σ·ε, unscaled.
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     device = torch.device("cpu")
     for name in ("vae", "text_encoder", "llm", "vision_encoder"):
         getattr(pipe, name).requires_grad_(False).eval()
@@ -242,6 +250,7 @@ def train_smartedit(args: argparse.Namespace) -> Path:
                 loss = smartedit_training_loss(
                     pipe, batch, instructions, failure_text_table, null_text, generator,
                     args.conditioning_dropout_prob, args.reward_dropout_prob, train_llm=peft_llm is not None,
+                    noise_scheduler=noise_scheduler,
                 )  # fmt: skip
                 (loss / len(groups[group_index])).backward()
                 total += loss.item() / len(groups[group_index])
