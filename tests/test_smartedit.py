@@ -551,6 +551,9 @@ def test_training_stage2_runs_and_resumes_bitwise(saved_folder, tmp_path, image)
     assert main(_train_argv(saved_folder, tmp_path / "data", rewards, full)) == 0
     state = json.loads((full / "checkpoint-3" / "training_state.json").read_text())
     assert state["global_step"] == 3 and all(math.isfinite(loss) for loss in state["losses"])
+    # --llm_lora_rank 0 (the default): a frozen LLM, no LoRA files in checkpoints or next to the pipeline
+    assert "llm_lora" not in state and not (full / "llm_lora").exists()
+    assert not (full / "checkpoint-3" / "llm_lora.safetensors").exists()
 
     # interrupted after step 1, then resumed from the latest checkpoint: the same weights, bit for bit
     partial = tmp_path / "partial"
@@ -573,3 +576,111 @@ def test_training_stage2_runs_and_resumes_bitwise(saved_folder, tmp_path, image)
     assert all(torch.equal(a, b) for a, b in zip(initial.llm.state_dict().values(), trained.llm.state_dict().values()))
     trained.set_progress_bar_config(disable=True)
     assert np.isfinite(_edit(trained, image, reward_scores=(5, 4, 5))).all()
+
+
+def _fixed_noise_loss(pipe: RewardSmartEditPipeline, argv: list[str]) -> float:
+    """The stage-2 loss of every training example with fixed noise and timesteps and no dropout (all modules in eval
+    mode), so that two models are compared on the same draws."""
+    from reward_edit_pipeline.train.args import parse_args
+    from reward_edit_pipeline.train.data import SkipCounter, TripletDataset, collate_training_batch
+    from reward_edit_pipeline.train.smartedit import smartedit_training_loss
+    from reward_edit_pipeline.train.sources import load_training_examples
+
+    from reward_edit_pipeline.pipelines.pipeline_reward_edit import encode_failure_texts
+
+    args = parse_args(argv[1:])
+    examples = load_training_examples(args, SkipCounter())
+    dataset = TripletDataset(examples, pipe.tokenizer, args.resolution, with_rewards=True)
+    batch = collate_training_batch([dataset[index] for index in range(len(dataset))])
+    device = torch.device("cpu")
+    with torch.no_grad():
+        table = encode_failure_texts(pipe.text_encoder, pipe.tokenizer, dataset.failure_texts, device)
+        return smartedit_training_loss(
+            pipe, batch, [example.instruction for example in examples], table, pipe.null_text_condition(device),
+            torch.Generator().manual_seed(123), 0.0, 0.0,
+        ).item()  # fmt: skip
+
+
+def test_training_with_llm_lora_resumes_bitwise_and_saves_the_merged_llm(saved_folder, tmp_path, image):
+    """`--llm_lora_rank`: PEFT LoRA on the LLM's q/v projections trains with the bridge and the UNet, resumes bit for
+    bit, and the saved folder's `llm` (LoRA merged, no PEFT needed) edits like the base LLM with the saved adapter."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from training_data import write_official_rewards, write_triplet_folder
+
+    from reward_edit_pipeline.cli import main
+
+    keys = write_triplet_folder(tmp_path / "data", 4)
+    rewards = write_official_rewards(tmp_path / "RewardEdit_20K.json", keys)
+    lora = ("--llm_lora_rank", "2", "--llm_lora_alpha", "4")
+    full, plain = tmp_path / "full", tmp_path / "plain"
+    assert main(_train_argv(saved_folder, tmp_path / "data", rewards, full, *lora, steps=4)) == 0
+    assert main(_train_argv(saved_folder, tmp_path / "data", rewards, plain, steps=1)) == 0
+    state = json.loads((full / "checkpoint-4" / "training_state.json").read_text())
+    assert state["llm_lora"] == {"rank": 2, "alpha": 4.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    # B starts at 0 and the adapter's initialisation leaves the global random state alone: step 1 is rank 0's step 1
+    plain_losses = json.loads((plain / "checkpoint-1" / "training_state.json").read_text())["losses"]
+    assert state["losses"][0] == plain_losses[0]
+
+    # interrupted after step 2, resumed: bridge, UNet and LLM LoRA weights equal bit for bit
+    partial = tmp_path / "partial"
+    assert main(_train_argv(saved_folder, tmp_path / "data", rewards, partial, *lora, steps=2)) == 0
+    resume = ("--resume_from_checkpoint", "latest")
+    assert main(_train_argv(saved_folder, tmp_path / "data", rewards, partial, *lora, *resume, steps=4)) == 0
+    for name in ("bridge.safetensors", "unet.safetensors", "llm_lora.safetensors"):
+        resumed, uninterrupted = (load_file(str(run / "checkpoint-4" / name)) for run in (partial, full))
+        assert resumed.keys() == uninterrupted.keys()
+        assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
+    # a LoRA checkpoint is not resumed by a frozen-LLM run (nor the other way round)
+    assert main(_train_argv(saved_folder, tmp_path / "data", rewards, partial, *resume, steps=5)) == 2
+
+    # the LoRA weights trained: B left zero, A moved; only q_proj / v_proj carry adapters
+    lora_weights = load_file(str(full / "checkpoint-4" / "llm_lora.safetensors"))
+    assert {key.split(".")[4] for key in lora_weights} == {"q_proj", "v_proj"}
+    first = load_file(str(full / "checkpoint-1" / "llm_lora.safetensors"))
+    assert all(lora_weights[key].abs().max() > 0 for key in lora_weights if ".lora_B." in key)
+    assert all(not torch.equal(lora_weights[key], first[key]) for key in lora_weights if ".lora_A." in key)
+
+    # the saved pipeline: LoRA merged into plain LLaMA weights; the adapter in PEFT format next to it
+    initial = RewardSmartEditPipeline.from_pretrained(saved_folder)
+    merged = RewardSmartEditPipeline.from_pretrained(full)
+    merged_llm, base_llm = merged.llm.state_dict(), initial.llm.state_dict()
+    assert merged_llm.keys() == base_llm.keys() and not any("lora" in key for key in merged_llm)
+    changed = {key for key in base_llm if not torch.equal(merged_llm[key], base_llm[key])}
+    assert changed == {f"model.layers.{i}.self_attn.{p}.weight" for i in range(2) for p in ("q_proj", "v_proj")}
+    adapter_files = {path.name for path in (full / "llm_lora").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= adapter_files and not list(full.rglob("*.bin"))
+    adapter_config = json.loads((full / "llm_lora" / "adapter_config.json").read_text())
+    assert (adapter_config["r"], adapter_config["lora_alpha"]) == (2, 4.0)
+    assert sorted(adapter_config["target_modules"]) == ["q_proj", "v_proj"]
+
+    # the unmerged model (base LLM + the saved adapter, trained bridge and UNet) == the merged folder
+    unmerged = RewardSmartEditPipeline(**{**merged.components, "llm": initial.llm})
+    PeftModel.from_pretrained(initial.llm, str(full / "llm_lora"))  # injects the adapter into initial.llm
+    assert any("lora_A" in name for name, _ in unmerged.llm.named_parameters())
+    frozen_llm = RewardSmartEditPipeline.from_pretrained(saved_folder).llm
+    candidates = {
+        "merged": merged,
+        "unmerged": unmerged,
+        "frozen": RewardSmartEditPipeline(**{**merged.components, "llm": frozen_llm}),  # trained bridge/UNet, no LoRA
+    }
+    with torch.no_grad():
+        features = merged.encode_vision(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), "cpu")
+        states = {
+            name: pipe.encode_instructions(["make the sky red"], features, "cpu") for name, pipe in candidates.items()
+        }
+    edits = {}
+    for name, pipe in candidates.items():
+        pipe.set_progress_bar_config(disable=True)
+        edits[name] = _edit(pipe, image)
+    # measured: LLM states 4.8e-7 apart (the LoRA itself moves them by 3.1e-2); edits 2.3e-6 apart (LoRA: 6.4e-5)
+    assert (states["merged"] - states["unmerged"]).abs().max() <= 1e-5
+    assert (states["merged"] - states["frozen"]).abs().max() > 1e-3
+    edit_gap = np.abs(edits["merged"] - edits["unmerged"]).max()
+    assert edit_gap <= 1e-5 and np.abs(edits["merged"] - edits["frozen"]).max() > 5 * max(edit_gap, 1e-6)
+
+    # and the loss dropped: the trained model's loss on fixed noise is below the initial one (fresh loads: an edit
+    # leaves the scheduler's inference timesteps set)
+    argv = _train_argv(saved_folder, tmp_path / "data", rewards, full)
+    losses = [_fixed_noise_loss(RewardSmartEditPipeline.from_pretrained(folder), argv) for folder in (saved_folder, full)]
+    assert losses[1] < 0.9 * losses[0]  # measured: 1.121 → 0.799

@@ -159,3 +159,54 @@ def test_shipped_accelerate_configs_parse_and_match_the_recipe():
     assert zero2["zero_stage"] == 2 and zero2["gradient_accumulation_steps"] == 4 and zero2["gradient_clipping"] == 1.0
     assert kinds["fsdp"].fsdp_config["fsdp_use_orig_params"] is True
     assert all(config.mixed_precision == "fp16" for config in kinds.values())
+
+
+def _smartedit_argv(data_dir, tmp_path, *extra: str) -> list[str]:
+    rewards = tmp_path / "RewardEdit_20K.json"
+    rewards.write_text("{}")
+    return [
+        "--stage", "2", "--backbone", "smartedit", "--pretrained_model_name_or_path", "b",
+        "--train_data_dir", str(data_dir), "--rewards", str(rewards), "--mixed_precision", "no", *extra,
+    ]  # fmt: skip
+
+
+def test_smartedit_llm_lora_flags(data_dir, tmp_path):
+    frozen = parse_args(_smartedit_argv(data_dir, tmp_path))
+    assert frozen.llm_lora_rank == 0 and frozen.llm_lora_alpha is None and frozen.llm_lora_target_modules is None
+    lora = parse_args(_smartedit_argv(data_dir, tmp_path, "--llm_lora_rank", "8", "--llm_lora_alpha", "16"))
+    assert (lora.llm_lora_rank, lora.llm_lora_alpha, lora.llm_lora_dropout) == (8, 16.0, 0.0)
+    assert lora.llm_lora_target_modules == ("q_proj", "v_proj")  # SmartEdit's released adapter_config.json
+    qkvo = parse_args(
+        _smartedit_argv(data_dir, tmp_path, "--llm_lora_rank", "4", "--llm_lora_target_modules", "q_proj, k_proj,v_proj,o_proj")
+    )
+    assert qkvo.llm_lora_target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--llm_lora_rank", "-1"], "--llm_lora_rank must be an integer >= 1 (or 0: the LLM stays frozen), got -1"),
+        (["--llm_lora_rank", "2.5"], "--llm_lora_rank: invalid int value"),
+        (["--llm_lora_rank", "2", "--llm_lora_alpha", "0"], "--llm_lora_alpha must be a finite number > 0, got 0.0"),
+        (["--llm_lora_rank", "2", "--llm_lora_alpha", "nan"], "--llm_lora_alpha must be a finite number > 0"),
+        (["--llm_lora_rank", "2", "--llm_lora_dropout", "1"], "--llm_lora_dropout must be in [0, 1), got 1.0"),
+        (["--llm_lora_alpha", "16"], "--llm_lora_alpha given without --llm_lora_rank >= 1"),
+        (["--llm_lora_dropout", "0.05"], "--llm_lora_dropout given without --llm_lora_rank >= 1"),
+        (
+            ["--llm_lora_rank", "2", "--llm_lora_target_modules", "q_proj,gate_proj"],
+            "--llm_lora_target_modules must be distinct names from q_proj,k_proj,v_proj,o_proj, got 'q_proj,gate_proj'",
+        ),
+        (["--llm_lora_rank", "2", "--llm_lora_target_modules", "q_proj,q_proj"], "--llm_lora_target_modules must be"),
+    ],
+)
+def test_bad_llm_lora_flags_are_named(data_dir, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(_smartedit_argv(data_dir, tmp_path, *extra))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_llm_lora_is_smartedit_only(data_dir, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(_base_argv(data_dir, "--llm_lora_rank", "8"))
+    assert "--llm_lora_rank applies to --backbone smartedit only, got --backbone sd15" in capsys.readouterr().err

@@ -24,6 +24,9 @@ LR_SCHEDULER_CHOICES = (
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "all", "none")
 DEFAULT_REWARD_DROPOUT_PROB = 0.05
 DEFAULT_MAX_TRAIN_STEPS = 10_000
+#: the LLaMA attention projections `--llm_lora_target_modules` may name; SmartEdit's release adapts q_proj and v_proj
+LLM_LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+DEFAULT_LLM_LORA_TARGET_MODULES = ("q_proj", "v_proj")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,6 +205,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_dit_arguments(parser)
 
+    group = parser.add_argument_group("SmartEdit (--backbone smartedit)")
+    group.add_argument(
+        "--llm_lora_rank",
+        type=int,
+        default=0,
+        help=(
+            "SmartEdit: LoRA rank on the LLM's attention projections, trained with the bridge and the UNet (SmartEdit's "
+            "release: 8). 0 (default): the LLM stays frozen."
+        ),
+    )
+    group.add_argument(
+        "--llm_lora_alpha", type=float, default=None, help="SmartEdit: LLM LoRA alpha (default: the rank; release: 16)."
+    )
+    group.add_argument(
+        "--llm_lora_dropout", type=float, default=0.0, help="SmartEdit: LLM LoRA dropout (default 0; release: 0.05)."
+    )
+    group.add_argument(
+        "--llm_lora_target_modules",
+        type=str,
+        default=None,
+        help=(
+            f"SmartEdit: comma-separated LLaMA attention projections that get LoRA, from {','.join(LLM_LORA_MODULES)} "
+            f"(default {','.join(DEFAULT_LLM_LORA_TARGET_MODULES)}, as SmartEdit's adapter_config.json)."
+        ),
+    )
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -215,6 +244,41 @@ def build_parser() -> argparse.ArgumentParser:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def validate_llm_lora_args(args: argparse.Namespace) -> None:
+    """The SmartEdit LLM LoRA flags: rank 0 (frozen LLM) takes no other LoRA flag; `llm_lora_target_modules` becomes
+    a tuple of projection names."""
+    from .lora import check_lora_alpha, check_lora_dropout, check_lora_rank
+
+    check_lora_rank("--llm_lora_rank", args.llm_lora_rank, zero_means="the LLM stays frozen")
+    if args.llm_lora_rank == 0:
+        given = [
+            f"--{name}"
+            for name, default in (("llm_lora_alpha", None), ("llm_lora_dropout", 0.0), ("llm_lora_target_modules", None))
+            if getattr(args, name) != default
+        ]
+        _require(not given, f"{', '.join(given)} given without --llm_lora_rank >= 1 (rank 0, the default, keeps the LLM frozen)")
+        return
+    _require(
+        args.backbone == "smartedit",
+        f"--llm_lora_rank applies to --backbone smartedit only, got --backbone {args.backbone}",
+    )
+    check_lora_alpha("--llm_lora_alpha", args.llm_lora_alpha)
+    check_lora_dropout("--llm_lora_dropout", args.llm_lora_dropout)
+    names = args.llm_lora_target_modules
+    if names is None:
+        modules = DEFAULT_LLM_LORA_TARGET_MODULES
+    elif isinstance(names, str):
+        modules = tuple(name.strip() for name in names.split(","))
+    else:  # already validated (a tuple)
+        modules = tuple(names)
+    unknown = [name for name in modules if name not in LLM_LORA_MODULES]
+    _require(
+        bool(modules) and not unknown and len(set(modules)) == len(modules),
+        f"--llm_lora_target_modules must be distinct names from {','.join(LLM_LORA_MODULES)}, got {names!r}",
+    )
+    args.llm_lora_target_modules = modules
 
 
 def validate_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -298,6 +362,7 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
             f'--resume_from_checkpoint must be "latest" or an existing checkpoint folder, '
             f"got {args.resume_from_checkpoint!r}",
         )
+    validate_llm_lora_args(args)
     return args
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .dit_backbones import BACKBONES, DitBackboneAdapter, draw_flow_matching_batch, read_model_index, register_backbone
+from .lora import check_lora_alpha, check_lora_rank, make_lora_config
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,8 @@ def validate_dit_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(
             "--mixed_precision fp16 is not supported for DiT backbones (activations overflow); use bf16 or no"
         )
-    if args.lora_rank < 1:
-        raise ValueError(f"--lora_rank must be an integer >= 1, got {args.lora_rank}")
-    if args.lora_alpha is not None and not (math.isfinite(args.lora_alpha) and args.lora_alpha > 0):
-        raise ValueError(f"--lora_alpha must be a finite number > 0, got {args.lora_alpha}")
+    check_lora_rank("--lora_rank", args.lora_rank)
+    check_lora_alpha("--lora_alpha", args.lora_alpha)
     if args.reward_token_dim < 1:
         raise ValueError(f"--reward_token_dim must be an integer >= 1, got {args.reward_token_dim}")
     if not (math.isfinite(args.dit_guidance_scale) and args.dit_guidance_scale >= 0):
@@ -293,16 +292,9 @@ def setup_trainable(transformer: Any, adapter: DitBackboneAdapter, rank: int, al
     """Freeze the base, add LoRA (B = 0, so the output is unchanged) and unfreeze the reward modules; trainable
     parameters are float32."""
     import torch
-    from peft import LoraConfig
 
     transformer.requires_grad_(False)
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha if alpha is not None else rank,
-        init_lora_weights=True,
-        target_modules=adapter.lora_target_modules(transformer),
-    )
-    transformer.add_adapter(config)
+    transformer.add_adapter(make_lora_config(rank, alpha, adapter.lora_target_modules(transformer)))
     for parameter in transformer.reward_parameters():
         parameter.requires_grad_(True)
     trainable = [parameter for parameter in transformer.parameters() if parameter.requires_grad]
