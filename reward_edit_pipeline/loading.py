@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,10 @@ from .downloads import (
     OFFICIAL_REPO_ID,
     OFFICIAL_STAGE2_FOLDER,
     HubUnavailableError,
+    converted_cache_dir,
     download_pipeline_files,
     looks_like_repo_id,
+    write_folder_aside,
 )
 from .pipelines.pipeline_reward_edit import DTYPE_KWARG, RewardEditPipeline
 
@@ -44,6 +45,7 @@ DIT_STOCK_PIPELINES: dict[str, tuple[str, str]] = {
 __all__ = [
     "HubUnavailableError",
     "convert_official",
+    "converted_cache_dir",
     "detect_layout",
     "has_official_reward_keys",
     "load_local_pipeline",
@@ -51,12 +53,6 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
 ]
-
-
-def converted_cache_dir() -> Path:
-    """Where converted official weights are kept (`$REWARD_EDIT_CACHE`, default `~/.cache/reward_edit_pipeline`)."""
-    root = os.environ.get("REWARD_EDIT_CACHE") or os.path.join(Path.home(), ".cache", "reward_edit_pipeline")
-    return Path(root) / "converted"
 
 
 def detect_layout(folder: str | os.PathLike) -> str:
@@ -180,12 +176,7 @@ def convert_official(
     if not cached:
         pipe.save_pretrained(target)
         return target
-    partial = target.with_name(target.name + ".partial")  # written aside, then renamed: no half folder on crash
-    shutil.rmtree(partial, ignore_errors=True)
-    pipe.save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
-    return target
+    return write_folder_aside(target, pipe.save_pretrained)  # no half-written folder in the cache on a crash
 
 
 def load_pipeline(
