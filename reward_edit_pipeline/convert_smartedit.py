@@ -344,7 +344,9 @@ def convert_smartedit(
         unet_state_dict_from_released(load_released_file(paths["unet"], allow_pickle)), strict=True
     )
     text_width = base_components["text_encoder"].config.hidden_size
-    unet = RewardUNet2DConditionModel.from_unet(base_unet, reward_init="zero", failure_text_embed_dim=text_width)
+    with torch.random.fork_rng(devices=[]):  # fixed seed: a release always converts to the same folder
+        torch.manual_seed(0)
+        unet = RewardUNet2DConditionModel.from_unet(base_unet, reward_init="zero", failure_text_embed_dim=text_width)
 
     pipe = RewardSmartEditPipeline(
         vae=base_components["vae"],

@@ -79,10 +79,11 @@ def looks_like_repo_id(name: str | os.PathLike) -> bool:
 
 
 def list_repo_files(repo_id: str, name: str = "repo_id", **download_kwargs: Any) -> list[str]:
-    """The file paths of a Hub model repo (for choosing what to download; nothing is downloaded). The Hub is asked
-    as `snapshot_download` asks it (a dry run), so offline it answers from the cache, and `HubUnavailableError` is
-    raised as in `download_pipeline_files`."""
+    """The file paths of a Hub model repo (for choosing what to download; nothing is downloaded), listed as
+    `snapshot_download` lists them (a dry run). A refused request (no such repo or revision, no access) raises the
+    Hub client's `HfHubHTTPError`; no connection (or offline mode) raises `HubUnavailableError`."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import DryRunError, HfHubHTTPError
 
     if not looks_like_repo_id(repo_id):
         raise FileNotFoundError(
@@ -90,6 +91,10 @@ def list_repo_files(repo_id: str, name: str = "repo_id", **download_kwargs: Any)
         )
     try:
         return sorted(info.filename for info in snapshot_download(repo_id, dry_run=True, **download_kwargs))
+    except DryRunError as error:  # the dry run's wrapper around the listing's own error
+        if isinstance(error.__cause__, HfHubHTTPError):
+            raise error.__cause__ from None
+        raise _unreachable_error(repo_id, name, error.__cause__ or error) from error
     except _offline_errors() as error:
         raise _unreachable_error(repo_id, name, error) from error
 
