@@ -576,7 +576,8 @@ def convert_smartedit_release(
 
     Without `output_dir` (Hub sources only) the result goes to the converted cache (`smartedit_cache_dir`, written
     aside and then renamed), and later calls, `load_pipeline(source)` included, reuse it without the network. `token`
-    is passed to the Hub client (default: its own lookup, ``HF_TOKEN`` or the login); `revision` applies to `source`.
+    is passed to the Hub client (default: its own lookup, ``HF_TOKEN`` or the login), `cache_dir` is the Hugging
+    Face download cache; `revision` applies to `source`.
     `bridge_overrides` sets `SmartEditBridge` config values that the tensors do not show (defaults:
     `RELEASED_HEAD_COUNTS`, `llm_prompt_template`).
     """
@@ -615,12 +616,13 @@ def convert_smartedit_release(
     )
     overrides = dict(RELEASED_HEAD_COUNTS, **(bridge_overrides or {}))
     llm_tokenizer = base_components["llm_tokenizer"]  # the image tokens come last: N = size - id of <img_0>
-    overrides.setdefault(
-        "num_image_tokens", len(llm_tokenizer) - llm_tokenizer.convert_tokens_to_ids(image_token_names(1)[0])
-    )
-    pipe = convert_smartedit(
-        release_dir, steps, base_components, allow_pickle=allow_pickle, bridge_overrides=overrides
-    )
+    num_image_tokens = len(llm_tokenizer) - llm_tokenizer.convert_tokens_to_ids(image_token_names(1)[0])
+    if overrides.setdefault("num_image_tokens", num_image_tokens) != num_image_tokens:
+        raise ValueError(
+            f"`bridge_overrides` sets num_image_tokens={overrides['num_image_tokens']}, but the release's vocabulary "
+            f"holds {num_image_tokens} image tokens"
+        )
+    pipe = convert_smartedit(release_dir, steps, base_components, allow_pickle=allow_pickle, bridge_overrides=overrides)
     if output_dir is not None:
         pipe.save_pretrained(output_dir)
         return Path(output_dir)
