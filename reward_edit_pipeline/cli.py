@@ -41,6 +41,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "reward_edit_pipeline.commands.convert_official",
         "Convert an official Multi-Reward-Editing release folder into a RewardEditPipeline folder.",
     ),
+    "convert-smartedit": (
+        "reward_edit_pipeline.commands.convert_smartedit",
+        "Convert the SmartEdit release (Hub repo id or local copy) into a RewardSmartEditPipeline folder.",
+    ),
     "annotate": ("reward_edit_pipeline.commands.annotate", "Grade editing triplets with an LVLM judge into a store."),
     "export": (
         "reward_edit_pipeline.commands.export",

@@ -18,6 +18,11 @@ These files are pickles (``.bin``): they are read only with `allow_pickle=True` 
 to a ``.bin`` is preferred. The released UNet has no reward modules: it is wrapped as a `RewardUNet2DConditionModel`
 with zero-initialised reward paths (`reward_init="zero"`), so the converted pipeline edits like SmartEdit until it is
 trained with rewards (`reward-edit train --backbone smartedit`).
+
+`convert_smartedit_release` is the whole path from a repo id (or a local copy) to a saved pipeline: it downloads only
+the needed files of the release and of the repos holding what the release lacks (Vicuna-1.1's config and tokenizer,
+the CLIP vision tower, InstructPix2Pix's VAE, text encoder, scheduler and UNet config), builds the parts and converts.
+`convert_smartedit` converts a local release folder with parts the caller built.
 """
 
 from __future__ import annotations
@@ -25,13 +30,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
+from collections.abc import Collection, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from .models.smartedit_bridge import SmartEditBridge
+from .downloads import converted_cache_dir, download_pipeline_files, list_repo_files, write_folder_aside
+from .models.smartedit_bridge import SmartEditBridge, image_token_names
 
 QFORMER_PREFIX = "sd_qformer."
 #: released BIM prefixes → `SmartEditBridge` prefixes
@@ -44,13 +51,65 @@ BIM_RENAMES: tuple[tuple[str, str], ...] = (
 )
 LLM_PREFIX = "model.base_model.model."
 
+#: the SmartEdit releases on the Hub (public SmartEdit README) → the Vicuna-1.1 whose config and tokenizer they need
+SMARTEDIT_RELEASES: dict[str, str] = {
+    "TencentARC/SmartEdit-7B": "lmsys/vicuna-7b-v1.1",
+    "TencentARC/SmartEdit-13B": "lmsys/vicuna-13b-v1.1",
+}
+#: the released LLM's width → its Vicuna-1.1 (for copies of the release under other names)
+VICUNA_BY_WIDTH: dict[int, str] = {4096: "lmsys/vicuna-7b-v1.1", 5120: "lmsys/vicuna-13b-v1.1"}
+#: VAE, CLIP text encoder, tokenizer, scheduler and the 8-channel UNet config (SmartEdit's inference uses this repo)
+DEFAULT_BASE_MODEL = "timbrooks/instruct-pix2pix"
+#: LLaVA-1.1's vision tower and its image processor
+DEFAULT_VISION_MODEL = "openai/clip-vit-large-patch14"
+#: the training step in the released file names
+RELEASE_STEPS = 15000
+#: the tokens SmartEdit adds to Vicuna's vocabulary before `<img_0>`…, in order (ids 32000, 32001, 32002), and
+#: whether each is added as a special token
+CONVERSATION_TOKENS: tuple[tuple[str, bool], ...] = (("<img>", False), ("<im_start>", True), ("<im_end>", True))
+#: head counts of the released Q-Former and BIM (tensor shapes do not show them)
+RELEASED_HEAD_COUNTS: dict[str, int] = {"qformer_num_heads": 12, "bim_num_heads": 8}
+LORA_CONFIG_FILE = "adapter_config.json"
+#: what is downloaded from `base_model`, besides the weights in `BASE_MODEL_WEIGHTS` (the UNet's weights come from
+#: the release: only its config)
+BASE_MODEL_FILES: tuple[str, ...] = (
+    "vae/config.json",
+    "text_encoder/config.json",
+    "tokenizer/*",
+    "scheduler/scheduler_config.json",
+    "unet/config.json",
+)
+#: component → (safetensors file, pickle file); the safetensors file is taken when the repo has it
+BASE_MODEL_WEIGHTS: dict[str, tuple[str, str]] = {
+    "vae": ("vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin"),
+    "text_encoder": ("text_encoder/model.safetensors", "text_encoder/pytorch_model.bin"),
+}
+#: what is downloaded from `llm_model`: config and tokenizer only (the release holds the LLM's weights)
+LLM_FILES: tuple[str, ...] = (
+    "config.json",
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+VISION_FILES: tuple[str, ...] = ("config.json", "preprocessor_config.json")
+VISION_WEIGHTS: dict[str, tuple[str, str]] = {"vision_encoder": ("model.safetensors", "pytorch_model.bin")}
+
 __all__ = [
+    "SMARTEDIT_RELEASES",
+    "add_smartedit_tokens",
     "bridge_config_from_released",
+    "convert_smartedit",
+    "convert_smartedit_release",
+    "load_base_components",
     "bridge_state_dict_from_released",
     "llm_state_dict_from_released",
     "load_released_file",
     "released_state_dicts_from_bridge",
+    "released_file_names",
     "released_file_paths",
+    "smartedit_cache_dir",
     "unet_state_dict_from_released",
 ]
 
@@ -71,16 +130,21 @@ def load_released_file(path: str | os.PathLike, allow_pickle: bool = False) -> d
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def released_file_names(steps: int) -> dict[str, str]:
+    """The four state-dict files and the LoRA config of a SmartEdit release, as paths inside it."""
+    return {
+        "llm": f"LLM-{steps}/adapter_model.bin",
+        "embeddings_qformer": f"embeddings_qformer/checkpoint-{steps}_embeddings_qformer.bin",
+        "bim": f"modulate-{steps}/adapter_model.bin",
+        "unet": f"unet-{steps}/adapter_model.bin",
+        "lora_config": LORA_CONFIG_FILE,
+    }
+
+
 def released_file_paths(release_dir: str | os.PathLike, steps: int) -> dict[str, Path]:
     """The four state-dict files and the LoRA config of a released SmartEdit folder (see the module docstring)."""
     root = Path(release_dir)
-    return {
-        "llm": root / f"LLM-{steps}" / "adapter_model.bin",
-        "embeddings_qformer": root / "embeddings_qformer" / f"checkpoint-{steps}_embeddings_qformer.bin",
-        "bim": root / f"modulate-{steps}" / "adapter_model.bin",
-        "unet": root / f"unet-{steps}" / "adapter_model.bin",
-        "lora_config": root / "adapter_config.json",
-    }
+    return {key: root / name for key, name in released_file_names(steps).items()}
 
 
 def _qformer_key(released_key: str) -> str | None:
@@ -253,7 +317,8 @@ def convert_smartedit(
             `scheduler` (Stable Diffusion 1.5 / InstructPix2Pix), `llm` (a `LlamaForCausalLM` of the right config,
             e.g. Vicuna-7B-v1.1, with the vocabulary already resized to `llm_tokenizer`), `llm_tokenizer` (with the
             `<img_i>` tokens), `vision_encoder` (`CLIPVisionModel`, openai/clip-vit-large-patch14) and
-            `vision_processor`; and `unet_config` (the SD UNet config with `in_channels=8`).
+            `vision_processor`; and `unet_config` (the SD UNet config with `in_channels=8`). `load_base_components`
+            builds them from Hub repos or local folders.
         allow_pickle: read the released `.bin` pickles (with `torch.load(weights_only=True)`).
     """
     from diffusers import UNet2DConditionModel
@@ -272,14 +337,16 @@ def convert_smartedit(
     llm_state = llm_state_dict_from_released(
         load_released_file(paths["llm"], allow_pickle), lora_config, embeddings_qformer["lm_head.weight"]
     )
-    llm.load_state_dict(llm_state, strict=True)
+    llm.load_state_dict(llm_state, strict=True, assign=True)  # `assign`: `llm` may be built on the meta device
 
-    base_unet = UNet2DConditionModel(**base_components["unet_config"])
+    base_unet = UNet2DConditionModel.from_config(base_components["unet_config"])
     base_unet.load_state_dict(
         unet_state_dict_from_released(load_released_file(paths["unet"], allow_pickle)), strict=True
     )
     text_width = base_components["text_encoder"].config.hidden_size
-    unet = RewardUNet2DConditionModel.from_unet(base_unet, reward_init="zero", failure_text_embed_dim=text_width)
+    with torch.random.fork_rng(devices=[]):  # fixed seed: a release always converts to the same folder
+        torch.manual_seed(0)
+        unet = RewardUNet2DConditionModel.from_unet(base_unet, reward_init="zero", failure_text_embed_dim=text_width)
 
     pipe = RewardSmartEditPipeline(
         vae=base_components["vae"],
@@ -297,3 +364,266 @@ def convert_smartedit(
     if output_dir is not None:
         pipe.save_pretrained(output_dir)
     return pipe
+
+
+# ------------------------------------------------------------------------------------------ from the Hub (or a copy)
+def add_smartedit_tokens(tokenizer: Any, num_image_tokens: int) -> None:
+    """Add SmartEdit's tokens to a Vicuna tokenizer in the release's order: `<img>`, `<im_start>`, `<im_end>` (ids
+    32000-32002 for Vicuna's 32000 tokens), then `<img_0>`…`<img_{N-1}>` (32003-32034 for N = 32)."""
+    for token, special in CONVERSATION_TOKENS:
+        tokenizer.add_tokens([token], special_tokens=special)
+    tokenizer.add_tokens(image_token_names(num_image_tokens), special_tokens=False)
+
+
+def smartedit_cache_dir(repo_id: str, revision: str | None = None, steps: int = RELEASE_STEPS) -> Path:
+    """Where `convert_smartedit_release` keeps the conversion of a Hub release when no `output_dir` is given."""
+    return converted_cache_dir() / f"{repo_id.replace('/', '--')}--{revision or 'main'}--steps-{steps}"
+
+
+def _source_files(source: str | os.PathLike, name: str, **download_kwargs: Any) -> list[str]:
+    """The files of a local folder (relative paths) or of a Hub repo."""
+    if os.path.isdir(source):
+        root = Path(source)
+        return sorted(path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file())
+    return list_repo_files(os.fspath(source), name=name, **download_kwargs)
+
+
+def _choose_weight_files(
+    available: Collection[str],
+    candidates: dict[str, tuple[str, str]],
+    allow_pickle: bool,
+    where: str,
+    hint: str = "",
+) -> list[str]:
+    """For each `(safetensors, pickle)` pair: the safetensors file when `where` has it, else the pickle file, which
+    needs `allow_pickle`. A missing pair is a `FileNotFoundError` naming every missing file."""
+    available = set(available)
+    chosen: list[str] = []
+    pickles: list[str] = []
+    missing: list[str] = []
+    for safe_name, pickle_name in candidates.values():
+        if safe_name in available:
+            chosen.append(safe_name)
+        elif pickle_name in available:
+            chosen.append(pickle_name)
+            pickles.append(pickle_name)
+        else:
+            missing.append(f"{pickle_name} (or {PurePosixPath(safe_name).name})")
+    if missing:
+        raise FileNotFoundError(f"{where} has no {', '.join(missing)}{hint}")
+    if pickles and not allow_pickle:
+        raise ValueError(
+            f"{where} holds {', '.join(pickles)} only as pickle files, which can run code when loaded; pass "
+            "allow_pickle=True (CLI: --allow-pickle) if you trust its source (the files are then read with "
+            "torch.load(weights_only=True), which loads tensors only)"
+        )
+    return chosen
+
+
+def _fetch(source: str | os.PathLike, files: Sequence[str], name: str, **download_kwargs: Any) -> Path:
+    """A local folder as it is, or the listed files of a Hub repo (downloaded, or taken from the Hub cache)."""
+    if os.path.isdir(source):
+        return Path(source)
+    return download_pipeline_files(os.fspath(source), allow_patterns=list(files), name=name, **download_kwargs)
+
+
+def _describe(source: str | os.PathLike, name: str, revision: str | None = None) -> str:
+    if os.path.isdir(source):
+        return f"`{name}` folder {os.fspath(source)!r}"
+    return f"`{name}` {os.fspath(source)!r} (revision {revision or 'main'})"
+
+
+def _fetch_release(
+    source: str | os.PathLike, steps: int, allow_pickle: bool, revision: str | None, **download_kwargs: Any
+) -> Path:
+    """The release folder with the files of `steps` (for a Hub repo: only those are downloaded, after the pickle check)."""
+    kwargs = dict(download_kwargs, revision=revision) if not os.path.isdir(source) else {}
+    available = _source_files(source, "source", **kwargs)
+    names = released_file_names(steps)
+    lora_config = names.pop("lora_config")
+    found_steps = sorted(
+        {int(match.group(1)) for path in available if (match := re.match(r"(?:LLM|modulate|unet)-(\d+)/", path))}
+    )
+    hint = (
+        f" for steps={steps} (steps found in the release: {', '.join(map(str, found_steps))})"
+        if found_steps
+        else f" for steps={steps} (no LLM-N/, modulate-N/ or unet-N/ folders at all: is it a SmartEdit release?)"
+    )
+    where = _describe(source, "source", revision)
+    candidates = {key: (str(PurePosixPath(name).with_suffix(".safetensors")), name) for key, name in names.items()}
+    chosen = _choose_weight_files(available, candidates, allow_pickle, where, hint)
+    if lora_config not in available:
+        raise FileNotFoundError(f"{where} has no {lora_config} (the LLM's LoRA settings)")
+    return _fetch(source, [*chosen, lora_config], "source", **kwargs)
+
+
+def load_base_components(
+    base_model: str | os.PathLike,
+    llm_model: str | os.PathLike,
+    vision_model: str | os.PathLike,
+    *,
+    llm_hidden_size: int,
+    llm_vocab_size: int,
+    allow_pickle: bool = False,
+    **download_kwargs: Any,
+) -> dict[str, Any]:
+    """Build what a SmartEdit release lacks, as `convert_smartedit`'s `base_components`, from Hub repos or local
+    folders (for a repo only the listed files are downloaded: `BASE_MODEL_FILES`, `LLM_FILES`, `VISION_FILES` and
+    the weights, safetensors preferred, pickles only with `allow_pickle`).
+
+    The LLM is built from `llm_model`'s config on the meta device (no memory; its weights come from the release)
+    with `llm_vocab_size` entries; its tokenizer gets `add_smartedit_tokens`, as many image tokens as that size
+    leaves (32 for the release: 32035 = 32000 + 3 + 32).
+    """
+    import diffusers
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+    from transformers import (
+        AutoConfig,
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPTextModel,
+        CLIPTokenizer,
+        CLIPVisionModel,
+        LlamaForCausalLM,
+    )
+
+    base_weights = _choose_weight_files(
+        _source_files(base_model, "base_model", **download_kwargs),
+        BASE_MODEL_WEIGHTS,
+        allow_pickle,
+        _describe(base_model, "base_model"),
+    )
+    base_folder = _fetch(base_model, [*BASE_MODEL_FILES, *base_weights], "base_model", **download_kwargs)
+    unet_config = UNet2DConditionModel.load_config(base_folder, subfolder="unet")
+    if unet_config.get("in_channels") != 8:
+        raise ValueError(
+            f"`base_model` {os.fspath(base_model)!r} has a UNet with in_channels={unet_config.get('in_channels')}; "
+            "SmartEdit's UNet takes 8 (noisy latents + image latents): give an InstructPix2Pix-style model such as "
+            f"{DEFAULT_BASE_MODEL}"
+        )
+    scheduler_config = json.loads((base_folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    scheduler_class = getattr(diffusers, str(scheduler_config.get("_class_name")), None)
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        raise ValueError(
+            f"`base_model` {os.fspath(base_model)!r}: scheduler/scheduler_config.json names "
+            f"{scheduler_config.get('_class_name')!r}, which is not a diffusers scheduler"
+        )
+
+    llm_folder = _fetch(llm_model, LLM_FILES, "llm_model", **download_kwargs)
+    llm_config = AutoConfig.from_pretrained(llm_folder)
+    if llm_config.model_type != "llama" or llm_config.hidden_size != llm_hidden_size:
+        raise ValueError(
+            f"`llm_model` {os.fspath(llm_model)!r} is a {llm_config.model_type!r} model of width "
+            f"{llm_config.hidden_size}; the release's LLM is a LLaMA of width {llm_hidden_size} (SmartEdit-7B: "
+            f"{VICUNA_BY_WIDTH[4096]}, SmartEdit-13B: {VICUNA_BY_WIDTH[5120]})"
+        )
+    llm_tokenizer = AutoTokenizer.from_pretrained(llm_folder)
+    num_image_tokens = llm_vocab_size - len(llm_tokenizer) - len(CONVERSATION_TOKENS)
+    if num_image_tokens < 1:
+        raise ValueError(
+            f"the release's LLM has {llm_vocab_size} vocabulary rows, but `llm_model` {os.fspath(llm_model)!r}'s "
+            f"tokenizer already has {len(llm_tokenizer)} tokens (+ {len(CONVERSATION_TOKENS)} conversation tokens + "
+            "the image tokens): is it the Vicuna-1.1 the release was trained from?"
+        )
+    add_smartedit_tokens(llm_tokenizer, num_image_tokens)
+    llm_config.vocab_size = len(llm_tokenizer)
+    with init_empty_weights():
+        llm = LlamaForCausalLM(llm_config)
+
+    vision_weights = _choose_weight_files(
+        _source_files(vision_model, "vision_model", **download_kwargs),
+        VISION_WEIGHTS,
+        allow_pickle,
+        _describe(vision_model, "vision_model"),
+    )
+    vision_folder = _fetch(vision_model, [*VISION_FILES, *vision_weights], "vision_model", **download_kwargs)
+    return {
+        "vae": AutoencoderKL.from_pretrained(base_folder, subfolder="vae"),
+        "text_encoder": CLIPTextModel.from_pretrained(base_folder, subfolder="text_encoder"),
+        "tokenizer": CLIPTokenizer.from_pretrained(base_folder, subfolder="tokenizer"),
+        "scheduler": scheduler_class.from_pretrained(base_folder, subfolder="scheduler"),
+        "unet_config": unet_config,
+        "llm": llm,
+        "llm_tokenizer": llm_tokenizer,
+        "vision_encoder": CLIPVisionModel.from_pretrained(vision_folder).eval(),
+        "vision_processor": CLIPImageProcessor.from_pretrained(vision_folder),
+    }
+
+
+def convert_smartedit_release(
+    source: str | os.PathLike = "TencentARC/SmartEdit-7B",
+    *,
+    steps: int = RELEASE_STEPS,
+    revision: str | None = None,
+    base_model: str | os.PathLike = DEFAULT_BASE_MODEL,
+    llm_model: str | os.PathLike | None = None,
+    vision_model: str | os.PathLike = DEFAULT_VISION_MODEL,
+    allow_pickle: bool = False,
+    output_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    bridge_overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Convert a SmartEdit release (a Hub repo id such as ``TencentARC/SmartEdit-7B``, or a local copy) into a saved
+    `RewardSmartEditPipeline` folder and return that folder.
+
+    Only the needed files are downloaded: from `source` the four state dicts of `steps` and `adapter_config.json`;
+    from `base_model` (InstructPix2Pix) the VAE, CLIP text encoder, tokenizer, scheduler and the UNet's config; from
+    `llm_model` (default: the Vicuna-1.1 of the release's size) config and tokenizer; from `vision_model` (CLIP
+    ViT-L/14) the vision tower and processor. A file is taken as ``.safetensors`` when the repo has it; the release's
+    ``.bin`` pickles need `allow_pickle=True`, checked before anything is downloaded.
+
+    Without `output_dir` (Hub sources only) the result goes to the converted cache (`smartedit_cache_dir`, written
+    aside and then renamed), and later calls, `load_pipeline(source)` included, reuse it without the network. `token`
+    is passed to the Hub client (default: its own lookup, ``HF_TOKEN`` or the login), `cache_dir` is the Hugging
+    Face download cache; `revision` applies to `source`.
+    `bridge_overrides` sets `SmartEditBridge` config values that the tensors do not show (defaults:
+    `RELEASED_HEAD_COUNTS`, `llm_prompt_template`).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"`steps` must be a positive integer (the release's is {RELEASE_STEPS}), got {steps!r}")
+    is_local = os.path.isdir(source)
+    if output_dir is None:
+        if is_local:
+            raise ValueError(
+                f"`output_dir` is needed to convert the local folder {os.fspath(source)!r} (the converted cache holds "
+                "conversions of Hub repos only)"
+            )
+        target = smartedit_cache_dir(os.fspath(source), revision, steps)
+        if (target / "model_index.json").is_file():
+            return target
+    download_kwargs: dict[str, Any] = {"token": token, "cache_dir": cache_dir}
+    release_dir = _fetch_release(source, steps, allow_pickle, revision, **download_kwargs)
+    embeddings_qformer = load_released_file(released_file_paths(release_dir, steps)["embeddings_qformer"], allow_pickle)
+    llm_vocab_size, llm_hidden_size = embeddings_qformer["lm_head.weight"].shape
+    del embeddings_qformer
+    if llm_model is None:
+        llm_model = SMARTEDIT_RELEASES.get(os.fspath(source)) or VICUNA_BY_WIDTH.get(llm_hidden_size)
+        if llm_model is None:
+            raise ValueError(
+                f"the release's LLM has width {llm_hidden_size}, which is neither SmartEdit-7B's (4096) nor -13B's "
+                "(5120): give `llm_model` (the repo or folder with its config and tokenizer)"
+            )
+    base_components = load_base_components(
+        base_model,
+        llm_model,
+        vision_model,
+        llm_hidden_size=llm_hidden_size,
+        llm_vocab_size=llm_vocab_size,
+        allow_pickle=allow_pickle,
+        **download_kwargs,
+    )
+    overrides = dict(RELEASED_HEAD_COUNTS, **(bridge_overrides or {}))
+    llm_tokenizer = base_components["llm_tokenizer"]  # the image tokens come last: N = size - id of <img_0>
+    num_image_tokens = len(llm_tokenizer) - llm_tokenizer.convert_tokens_to_ids(image_token_names(1)[0])
+    if overrides.setdefault("num_image_tokens", num_image_tokens) != num_image_tokens:
+        raise ValueError(
+            f"`bridge_overrides` sets num_image_tokens={overrides['num_image_tokens']}, but the release's vocabulary "
+            f"holds {num_image_tokens} image tokens"
+        )
+    pipe = convert_smartedit(release_dir, steps, base_components, allow_pickle=allow_pickle, bridge_overrides=overrides)
+    if output_dir is not None:
+        pipe.save_pretrained(output_dir)
+        return Path(output_dir)
+    return write_folder_aside(target, pipe.save_pretrained)

@@ -8,7 +8,8 @@ files: no pickles, no code).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,38 @@ class HubUnavailableError(RuntimeError):
     """The Hugging Face Hub could not be reached (offline, blocked, or no network) and nothing is cached."""
 
 
+def converted_cache_dir() -> Path:
+    """Where converted releases are kept (`$REWARD_EDIT_CACHE`, default `~/.cache/reward_edit_pipeline`)."""
+    root = os.environ.get("REWARD_EDIT_CACHE") or os.path.join(Path.home(), ".cache", "reward_edit_pipeline")
+    return Path(root) / "converted"
+
+
+def write_folder_aside(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call `write(folder)` on `<target>.partial`, then rename it to `target` (replacing an older one): a crash or an
+    interrupt never leaves a half-written `target` behind."""
+    target = Path(target)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    write(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target
+
+
+def _unreachable_error(repo_id: str, name: str, error: BaseException) -> HubUnavailableError:
+    return HubUnavailableError(
+        f"`{name}` {repo_id!r}: there is no local folder of that name, and the Hugging Face Hub cannot be reached "
+        f"to download it as a repo id ({type(error).__name__}; it is not in the local cache either); give an "
+        f"existing local pipeline folder as `{name}`, or connect and retry"
+    )
+
+
+def _offline_errors() -> tuple[type[BaseException], ...]:
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    return (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)
+
+
 def looks_like_repo_id(name: str | os.PathLike) -> bool:
     """``owner/name`` with no path markers (``./``, ``/``, ``~``, ``\\``, more than one ``/``)."""
     text = os.fspath(name)
@@ -43,6 +76,27 @@ def looks_like_repo_id(name: str | os.PathLike) -> bool:
         and "\\" not in text
         and all(part.strip() for part in text.split("/"))
     )
+
+
+def list_repo_files(repo_id: str, name: str = "repo_id", **download_kwargs: Any) -> list[str]:
+    """The file paths of a Hub model repo (for choosing what to download; nothing is downloaded), listed as
+    `snapshot_download` lists them (a dry run). A refused request (no such repo or revision, no access) raises the
+    Hub client's `HfHubHTTPError`; no connection (or offline mode) raises `HubUnavailableError`."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import DryRunError, HfHubHTTPError
+
+    if not looks_like_repo_id(repo_id):
+        raise FileNotFoundError(
+            f"`{name}` {os.fspath(repo_id)!r} is not an existing local folder and not a Hub repo id (owner/name)"
+        )
+    try:
+        return sorted(info.filename for info in snapshot_download(repo_id, dry_run=True, **download_kwargs))
+    except DryRunError as error:  # the dry run's wrapper around the listing's own error
+        if isinstance(error.__cause__, HfHubHTTPError):
+            raise error.__cause__ from None
+        raise _unreachable_error(repo_id, name, error.__cause__ or error) from error
+    except _offline_errors() as error:
+        raise _unreachable_error(repo_id, name, error) from error
 
 
 def download_pipeline_files(
@@ -59,7 +113,6 @@ def download_pipeline_files(
     (naming both readings of the name) when the Hub cannot be reached and nothing is cached.
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     if not looks_like_repo_id(repo_id):
         raise FileNotFoundError(
@@ -71,10 +124,6 @@ def download_pipeline_files(
         patterns = [f"{subfolder}/{pattern}" for pattern in patterns]
     try:
         snapshot = Path(snapshot_download(repo_id, allow_patterns=patterns, **download_kwargs))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError) as error:
-        raise HubUnavailableError(
-            f"`{name}` {repo_id!r}: there is no local folder of that name, and the Hugging Face Hub cannot be reached "
-            f"to download it as a repo id ({type(error).__name__}; it is not in the local cache either); give an "
-            f"existing local pipeline folder as `{name}`, or connect and retry"
-        ) from error
+    except _offline_errors() as error:
+        raise _unreachable_error(repo_id, name, error) from error
     return snapshot / subfolder if subfolder else snapshot

@@ -8,19 +8,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .convert_smartedit import SMARTEDIT_RELEASES
 from .devices import resolve_device, resolve_dtype
 from .downloads import (
     OFFICIAL_REPO_ID,
     OFFICIAL_STAGE2_FOLDER,
     HubUnavailableError,
+    converted_cache_dir,
     download_pipeline_files,
     looks_like_repo_id,
+    write_folder_aside,
 )
 from .pipelines.pipeline_reward_edit import DTYPE_KWARG, RewardEditPipeline
 
@@ -44,19 +46,15 @@ DIT_STOCK_PIPELINES: dict[str, tuple[str, str]] = {
 __all__ = [
     "HubUnavailableError",
     "convert_official",
+    "converted_cache_dir",
     "detect_layout",
     "has_official_reward_keys",
     "load_local_pipeline",
     "load_pipeline",
     "resolve_device",
+    "smartedit_release_folder",
     "resolve_dtype",
 ]
-
-
-def converted_cache_dir() -> Path:
-    """Where converted official weights are kept (`$REWARD_EDIT_CACHE`, default `~/.cache/reward_edit_pipeline`)."""
-    root = os.environ.get("REWARD_EDIT_CACHE") or os.path.join(Path.home(), ".cache", "reward_edit_pipeline")
-    return Path(root) / "converted"
 
 
 def detect_layout(folder: str | os.PathLike) -> str:
@@ -180,12 +178,25 @@ def convert_official(
     if not cached:
         pipe.save_pretrained(target)
         return target
-    partial = target.with_name(target.name + ".partial")  # written aside, then renamed: no half folder on crash
-    shutil.rmtree(partial, ignore_errors=True)
-    pipe.save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
-    return target
+    return write_folder_aside(target, pipe.save_pretrained)  # no half-written folder in the cache on a crash
+
+
+def smartedit_release_folder(repo_id: str, revision: str | None = None, allow_pickle: bool = False) -> Path:
+    """The converted folder of a SmartEdit release on the Hub: the cached conversion, else (only with
+    `allow_pickle=True`) a new one; without either a `FileNotFoundError` that names the command to run."""
+    from .convert_smartedit import convert_smartedit_release, smartedit_cache_dir
+
+    cached = smartedit_cache_dir(repo_id, revision)
+    if (cached / "model_index.json").is_file():
+        return cached
+    if not allow_pickle:
+        raise FileNotFoundError(
+            f"`model` {repo_id!r} is the SmartEdit release (pickle files, plus parts from other repos), which is "
+            "converted once into a pipeline folder, and it has not been converted here yet. If you trust the "
+            f"release, run `reward-edit convert-smartedit {repo_id} --allow-pickle` (Python: "
+            f"load_pipeline({repo_id!r}, allow_pickle=True)); later loads use the conversion in {cached}"
+        )
+    return convert_smartedit_release(repo_id, revision=revision, allow_pickle=True)
 
 
 def load_pipeline(
@@ -195,14 +206,17 @@ def load_pipeline(
     revision: str | None = None,
     dtype: str | torch.dtype | None = None,
     execution_device: str | torch.device | None = None,
+    allow_pickle: bool = False,
 ) -> RewardEditPipeline:
     """Load a `RewardEditPipeline` from a local folder or a Hub repo id and move it to `device`/`dtype`.
 
     `device` and `dtype` (``torch_dtype`` is its older name) follow `reward_edit_pipeline.devices` (``"auto"``: CUDA
     and float16 when available; float16 on the CPU is refused, judged on `execution_device` when the caller moves
     the pipeline there itself after loading). The official repo id (`Gstar666/Reward-InsPix2Pix`,
-    the default) is converted once and cached. A path that does not exist raises `FileNotFoundError`; a repo id the
-    Hub cannot serve raises `HubUnavailableError`.
+    the default) is converted once and cached. A SmartEdit release id (`TencentARC/SmartEdit-7B`, `-13B`) loads its
+    cached conversion (`reward-edit convert-smartedit`); without one it is converted only with `allow_pickle=True`
+    (the release is pickle files), else `FileNotFoundError` names the command. A path that does not exist raises
+    `FileNotFoundError`; a repo id the Hub cannot serve raises `HubUnavailableError`.
     """
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
         raise ValueError(f"give `dtype` or `torch_dtype` (its older name), not both: got {dtype!r} and {torch_dtype!r}")
@@ -219,6 +233,9 @@ def load_pipeline(
         )
     elif str(model) == OFFICIAL_REPO_ID:
         pipe = RewardEditPipeline.from_pretrained(convert_official(str(model), revision), **{DTYPE_KWARG: dtype})
+    elif str(model) in SMARTEDIT_RELEASES:
+        folder = smartedit_release_folder(str(model), revision, allow_pickle)
+        pipe = load_local_pipeline(folder, **{DTYPE_KWARG: dtype})
     elif looks_like_repo_id(model):
         pipe = load_local_pipeline(
             download_pipeline_files(str(model), name="model", revision=revision), **{DTYPE_KWARG: dtype}

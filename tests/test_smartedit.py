@@ -22,6 +22,7 @@ from reward_edit_pipeline.testing_smartedit import (
     get_dummy_bridge_config,
     get_dummy_smartedit_components,
     get_dummy_smartedit_pipeline,
+    write_dummy_released_layout,
 )
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models run faster on one thread
@@ -334,56 +335,13 @@ def test_reference_bilinear_matches_definition_on_a_known_case():
 
 
 # ---------------------------------------------------------------------------------------------------- converter, saving
-def _write_released_layout(pipe: RewardSmartEditPipeline, root, steps: int, generator: torch.Generator):
-    """A folder in the released SmartEdit layout, made from `pipe` (pickles, as released), with LoRA A/B weights on
-    two LLM projections. Returns the LLM state dict the converter must produce (LoRA merged)."""
-    from reward_edit_pipeline.convert_smartedit import released_state_dicts_from_bridge
-
-    rank, alpha = 2, 4
-    llm_state = pipe.llm.state_dict()
-    released_llm, expected = {}, {}
-    for key, value in llm_state.items():
-        if key == "lm_head.weight":
-            continue
-        inner = key[len("model.") :]
-        if inner in ("layers.0.self_attn.q_proj.weight", "layers.1.mlp.down_proj.weight"):
-            module = inner[: -len(".weight")]
-            down = torch.randn(rank, value.shape[1], generator=generator)
-            up = torch.randn(value.shape[0], rank, generator=generator)
-            released_llm[f"model.base_model.model.{module}.base_layer.weight"] = value.clone()
-            released_llm[f"model.base_model.model.{module}.lora_A.default.weight"] = down
-            released_llm[f"model.base_model.model.{module}.lora_B.default.weight"] = up
-            expected[key] = value + (alpha / rank) * up @ down
-        else:
-            released_llm[f"model.base_model.model.{inner}"] = value.clone()
-            expected[key] = value
-    expected["lm_head.weight"] = llm_state["lm_head.weight"]
-    embeddings_qformer, bim = released_state_dicts_from_bridge(pipe.bridge, lm_head=llm_state["lm_head.weight"])
-    unet_state = {
-        f"unet.{key}": value.clone()
-        for key, value in pipe.unet.state_dict().items()
-        if not key.startswith(("reward_", "failure_text_", "latent_reward_attention"))
-    }
-    files = {
-        f"LLM-{steps}/adapter_model.bin": released_llm,
-        f"embeddings_qformer/checkpoint-{steps}_embeddings_qformer.bin": embeddings_qformer,
-        f"modulate-{steps}/adapter_model.bin": bim,
-        f"unet-{steps}/adapter_model.bin": unet_state,
-    }
-    for name, state in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, root / name)
-    (root / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": alpha}))
-    return expected
-
-
 def test_convert_released_layout_round_trip(tmp_path, image):
     from reward_edit_pipeline.convert_smartedit import convert_smartedit
     from reward_edit_pipeline.testing import get_dummy_unet_config
     from reward_edit_pipeline.testing_smartedit import get_dummy_llm
 
     original = get_dummy_smartedit_pipeline(reward_init="zero")  # the release has no reward modules
-    expected_llm = _write_released_layout(original, tmp_path / "release", 15000, torch.Generator().manual_seed(3))
+    expected_llm = write_dummy_released_layout(original, tmp_path / "release", 15000, torch.Generator().manual_seed(3))
     fresh = get_dummy_smartedit_components(seed=7)
     base = {
         name: fresh[name]

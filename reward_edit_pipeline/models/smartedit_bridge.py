@@ -31,6 +31,11 @@ from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 
+def image_token_names(num_image_tokens: int) -> list[str]:
+    """SmartEdit's added LLM tokens whose states feed the Q-Former: `<img_0>` … `<img_{N-1}>`."""
+    return [f"<img_{index}>" for index in range(num_image_tokens)]
+
+
 @dataclass
 class SmartEditBridgeOutput:
     """What the bridge gives the UNet.
@@ -230,7 +235,7 @@ class SmartEditBridge(ModelMixin, ConfigMixin):
 
     def image_token_names(self) -> list[str]:
         """The added LLM tokens whose states feed the Q-Former: `<img_0>` … `<img_{N-1}>`."""
-        return [f"<img_{index}>" for index in range(self.config.num_image_tokens)]
+        return image_token_names(self.config.num_image_tokens)
 
     def select_vision_features(self, vision_hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """CLIP vision hidden states (`output_hidden_states=True`) → patch features `[B, G², C]` (class token
