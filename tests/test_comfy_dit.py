@@ -16,9 +16,10 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel
 from reward_edit_pipeline.comfy_nodes.dit_patch import (
+    FLUX,
     REWARD_MODULES_FILE,
-    FluxRewardModules,
-    FluxRewardWrapper,
+    RewardDiTModules,
+    RewardDiTWrapper,
     pack_reward_condition,
     unpack_reward_condition,
 )
@@ -65,7 +66,7 @@ def test_packed_condition_round_trips_and_applies_the_library_rules():
 
 def test_adapter_folder_loads_the_library_modules_under_the_trainer_keys(flux_adapter):
     folder, wrapped = flux_adapter
-    modules = FluxRewardModules.from_adapter_folder(folder)
+    modules = RewardDiTModules.from_adapter_folder(folder, FLUX)
     saved = load_file(str(folder / REWARD_MODULES_FILE))
     assert set(modules.state_dict()) == set(saved)
     assert all(torch.equal(modules.state_dict()[k], saved[k]) for k in saved)
@@ -78,7 +79,7 @@ def test_adapter_folder_loads_the_library_modules_under_the_trainer_keys(flux_ad
 def test_adapter_folder_refusals(flux_adapter, tmp_path):
     folder, _ = flux_adapter
     with pytest.raises(FileNotFoundError, match="has no config.json"):
-        FluxRewardModules.from_adapter_folder(tmp_path)
+        RewardDiTModules.from_adapter_folder(tmp_path, FLUX)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text((folder / "config.json").read_text())
@@ -86,16 +87,16 @@ def test_adapter_folder_refusals(flux_adapter, tmp_path):
     state.pop(next(iter(state)))
     save_file(state, str(broken / REWARD_MODULES_FILE))
     with pytest.raises(ValueError, match="missing"):
-        FluxRewardModules.from_adapter_folder(broken)
+        RewardDiTModules.from_adapter_folder(broken, FLUX)
     config = json.loads((folder / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "_class_name": "RewardQwenImageTransformer2DModel"}))
     with pytest.raises(ValueError, match="FLUX"):
-        FluxRewardModules.from_adapter_folder(broken)
+        RewardDiTModules.from_adapter_folder(broken, FLUX)
 
 
 def test_wrapper_refuses_a_conditioning_without_reward_and_wrong_row_counts(flux_adapter):
     folder, wrapped = flux_adapter
-    wrapper = FluxRewardWrapper(FluxRewardModules.from_adapter_folder(folder))
+    wrapper = RewardDiTWrapper(RewardDiTModules.from_adapter_folder(folder, FLUX))
     x = torch.zeros(2, 4, 4, 4)
 
     def executor(*args, **kwargs):
