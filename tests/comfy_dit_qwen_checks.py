@@ -53,17 +53,21 @@ from reward_edit_pipeline.comfy_nodes.dit_patch import REWARD_MODEL_COND, pack_r
 from reward_edit_pipeline.comfy_nodes.nodes_dit import encode_failure_text, run_adapter_loader  # noqa: E402
 from reward_edit_pipeline.train.dit_qwen import QwenImageEditAdapter  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+from training_data import write_official_rewards, write_triplet_folder  # noqa: E402  (tests/, the script's folder)
 from transformers import Qwen2Tokenizer  # noqa: E402
 
+from reward_edit_pipeline.cli import main as cli_main  # noqa: E402
 from reward_edit_pipeline.models.reward_dit_condition import RewardCondition  # noqa: E402
 from reward_edit_pipeline.models.transformer_flux_reward import RewardFluxTransformer2DModel  # noqa: E402
 from reward_edit_pipeline.models.transformer_qwenimage_reward import RewardQwenImageTransformer2DModel  # noqa: E402
+from reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit import RewardQwenImageEditPipeline  # noqa: E402
 from reward_edit_pipeline.testing_dit import get_dummy_flux_transformer_config  # noqa: E402
 from reward_edit_pipeline.testing_qwenimage import (  # noqa: E402
     QWEN_TEXT_WIDTH,
     get_dummy_qwenimage_transformer_config,
     make_dummy_qwen_edit_pipeline,
     randomize_reward_modules,
+    save_dummy_qwen_edit_folder,
 )
 
 torch.manual_seed(0)
@@ -74,9 +78,9 @@ del DIFFUSERS_CONFIG["zero_cond_t"]  # not a ComfyUI 0.3.75 option (reported bel
 COMFY_CONFIG = {"image_model": "qwen_image", **DIFFUSERS_CONFIG}
 
 
-def comfy_patcher(state: dict[str, torch.Tensor]) -> comfy.model_patcher.ModelPatcher:
+def comfy_patcher(state: dict[str, torch.Tensor], config: dict = COMFY_CONFIG) -> comfy.model_patcher.ModelPatcher:
     """ComfyUI's QwenImage model from a tiny config; diffusers' keys are ComfyUI's keys for Qwen-Image."""
-    model_config = comfy.supported_models.QwenImage(dict(COMFY_CONFIG))
+    model_config = comfy.supported_models.QwenImage(dict(config))
     model_config.set_inference_dtype(torch.float32, None)
     model = model_config.get_model({}, device="cpu")
     model.diffusion_model.load_state_dict(state, strict=True)
@@ -160,12 +164,14 @@ def pack_tokens(latents: torch.Tensor) -> torch.Tensor:
     return latents.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
 
 
-def unpack_tokens(tokens: torch.Tensor) -> torch.Tensor:
+def unpack_tokens(tokens: torch.Tensor, channels: int) -> torch.Tensor:
     b, h, w = tokens.shape[0], height // 2, width // 2
-    return tokens.reshape(b, h, w, LATENT_CHANNELS, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, 1, height, width)
+    return tokens.reshape(b, h, w, channels, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, 1, height, width)
 
 
-def diffusers_output(model: torch.nn.Module, condition: RewardCondition | None) -> torch.Tensor:
+def diffusers_output(
+    model: torch.nn.Module, condition: RewardCondition | None, x: torch.Tensor = x, reference: torch.Tensor = reference
+) -> torch.Tensor:
     """The diffusers transformer on the Qwen-Image-Edit layout (target tokens, then the reference's, as a 2nd image)."""
     kwargs = {} if condition is None else {"attention_kwargs": {"reward_condition": condition}}
     with torch.no_grad():
@@ -176,7 +182,7 @@ def diffusers_output(model: torch.nn.Module, condition: RewardCondition | None) 
             img_shapes=[[(1, height // 2, width // 2), (1, height // 2, width // 2)]] * batch,
             **kwargs,
         ).sample
-    return unpack_tokens(out[:, :image_tokens])
+    return unpack_tokens(out[:, :image_tokens], x.shape[1])
 
 
 def library_condition(model: RewardQwenImageTransformer2DModel, scale: float) -> RewardCondition:
@@ -187,7 +193,12 @@ def library_condition(model: RewardQwenImageTransformer2DModel, scale: float) ->
     return RewardCondition(embeddings, null, scale)
 
 
-def comfy_output(patcher: comfy.model_patcher.ModelPatcher, packed: torch.Tensor | None) -> torch.Tensor:
+def comfy_output(
+    patcher: comfy.model_patcher.ModelPatcher,
+    packed: torch.Tensor | None,
+    x: torch.Tensor = x,
+    reference: torch.Tensor = reference,
+) -> torch.Tensor:
     """ComfyUI's Qwen-Image forward through the patcher (object patches, LoRA weights and wrappers applied)."""
     patcher.patch_model(device_to=torch.device("cpu"))
     try:
@@ -242,6 +253,34 @@ report["other_row_reward_row1_max_abs"] = (row_outputs[1] - single[1]).abs().max
 report["missing_condition_error"] = error_of(comfy_output, patched, None)
 report["clip_l_width_error"] = error_of(comfy_output, patched, packed_rows(1.0, torch.randn(batch, 24)))
 report["flux_adapter_on_qwen_error"] = error_of(run_adapter_loader, plain, str(WORK / "flux_adapter"), 1.0)
+
+# ------------------------------------------------------------------------------------------------ a real trainer run
+# `reward-edit train --backbone qwen-image-edit`, 3 steps on the tiny stock Qwen-Image-Edit folder (4 latent channels)
+stock = save_dummy_qwen_edit_folder(WORK / "stock")
+write_official_rewards(WORK / "rewards.json", write_triplet_folder(WORK / "data", 2))
+report["train_exit_status"] = cli_main([
+    "train", "--backbone", "qwen-image-edit", "--pretrained_model_name_or_path", str(stock),
+    "--train_data_dir", str(WORK / "data"), "--rewards", str(WORK / "rewards.json"), "--output_dir", str(WORK / "run"),
+    "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "3", "--checkpointing_steps", "100",
+    "--learning_rate", "1e-2", "--lora_rank", "4", "--reward_token_dim", "16", "--mixed_precision", "no",
+    "--dataloader_num_workers", "0", "--report_to", "none",
+])  # fmt: skip
+run_adapter = WORK / "run" / "reward_lora"
+library_run = RewardQwenImageEditPipeline.from_reward_adapter(stock, run_adapter).transformer.eval()
+stock_transformer = QwenImageTransformer2DModel.from_pretrained(stock / "transformer").eval()
+stock_config = {
+    "image_model": "qwen_image",
+    **{k: stock_transformer.config[k] for k in COMFY_CONFIG if k != "image_model"},
+}
+stock_patcher = comfy_patcher(stock_transformer.state_dict(), stock_config)
+x_run, reference_run = x[:, :4].contiguous(), reference[:, :4].contiguous()
+run_patched = run_adapter_loader(stock_patcher, str(run_adapter), 1.0)
+run_library = diffusers_output(library_run, library_condition(library_run, 1.0), x_run, reference_run)
+run_ours = comfy_output(run_patched, packed_rows(1.0), x_run, reference_run)
+run_plain = comfy_output(stock_patcher, None, x_run, reference_run)
+report["trainer_lora_patches"] = len(run_patched.patches)
+report["trainer_adapter_vs_library_max_abs"] = (run_ours - run_library).abs().max().item()
+report["trainer_adapter_vs_plain_max_abs"] = (run_ours - run_plain).abs().max().item()
 
 # ------------------------------------------------------------------------------------------------ the text encoder
 library_pipe = make_dummy_qwen_edit_pipeline()

@@ -274,6 +274,10 @@ def test_patched_comfyui_qwen_image_matches_the_library_in_comfyui_0_3_75(tmp_pa
     for scale in ("1.0", "2.0"):
         assert report[f"trained_vs_library_max_abs_scale_{scale}"] < 5e-5, report  # outputs of magnitude ~10
         assert report[f"trained_vs_plain_max_abs_scale_{scale}"] > 1e-1, report
+    # a real `reward-edit train --backbone qwen-image-edit` output (3 steps): its reward_lora/ in ComfyUI = library
+    assert report["train_exit_status"] == 0 and report["trainer_lora_patches"] == 16
+    assert report["trainer_adapter_vs_library_max_abs"] < 1e-5, report
+    assert report["trainer_adapter_vs_plain_max_abs"] > 1e-2, report
     assert report["other_row_reward_row0_max_abs"] == 0.0  # a row's output depends on its own reward only
     assert report["other_row_reward_row1_max_abs"] > 1e-3
     assert "Reward DiT Condition" in report["missing_condition_error"]
