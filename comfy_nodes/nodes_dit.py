@@ -78,8 +78,9 @@ def encode_qwen_failure_text(clip: Any, text: str) -> Any:
     hidden, _, *extra = comfy.sd1_clip.SD1ClipModel.encode_token_weights(model, tokens)
     hidden = hidden.float()
     mask = extra[0].get("attention_mask") if extra else None
-    weights = torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask.to(hidden.device, torch.float32)
-    weights = weights.unsqueeze(-1)
+    if mask is None:
+        mask = torch.ones(hidden.shape[:2])
+    weights = mask.to(hidden.device, torch.float32).unsqueeze(-1)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
