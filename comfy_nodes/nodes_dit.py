@@ -1,11 +1,12 @@
-"""ComfyUI nodes for reward conditioning of DiT editors loaded with ComfyUI's own loaders (FLUX.1 Kontext).
+"""ComfyUI nodes for reward conditioning of DiT editors loaded with ComfyUI's own loaders: FLUX.1 (Kontext) and
+Qwen-Image(-Edit).
 
 - ``RewardDiTCondition`` (CONDITIONING, CLIP, scores, failure text, reward guidance → CONDITIONING): puts the reward
   on each conditioning entry's ``model_conds`` (`comfy_nodes.dit_patch.pack_reward_condition`); the failure text is
-  embedded with the workflow's CLIP (its pooled output — for FLUX the CLIP-L pooled output, as the library's
-  `RewardFluxKontextPipeline` does).
-- ``RewardDiTAdapterLoader`` (MODEL, trainer ``reward_lora/`` folder, LoRA strength → MODEL): applies the trainer's
-  LoRA with ComfyUI's LoRA loader and patches the model (`comfy_nodes.dit_patch`).
+  embedded with the workflow's CLIP the way the library's pipeline for that text encoder does (`encode_failure_text`).
+- ``RewardDiTAdapterLoader`` (MODEL, trainer ``reward_lora/`` folder, LoRA strength → MODEL): reads the adapter's
+  backbone from its ``config.json``, checks that the loaded model is of that backbone, applies the trainer's LoRA
+  with ComfyUI's LoRA loader and patches the model (`comfy_nodes.dit_patch`).
 
 V1 classes (``INPUT_TYPES``) and V3 classes (``comfy_api.v0_0_2``) share the two ``run_*`` functions below, as the
 rest of the pack does. ComfyUI modules are imported inside the functions (they exist only inside ComfyUI).
@@ -13,6 +14,7 @@ rest of the pack does. ComfyUI modules are imported inside the functions (they e
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -20,28 +22,82 @@ from reward_edit_pipeline.rewards import DEFAULT_NO_FAILURE_TEXT, resolve_failur
 
 from .core import make_reward_condition
 
+logger = logging.getLogger(__name__)
+
 CATEGORY = "reward_edit/dit"
 DIT_DISPLAY_NAMES: dict[str, str] = {
     "RewardDiTCondition": "Reward DiT Condition",
     "RewardDiTAdapterLoader": "Reward DiT Adapter Loader",
 }
 DIT_DESCRIPTIONS: dict[str, str] = {
-    "RewardDiTCondition": "Attach multi-reward scores and failure text to a FLUX.1 Kontext conditioning "
-    "(use it on every conditioning the patched model samples with).",
-    "RewardDiTAdapterLoader": "Apply a reward adapter trained by `reward-edit train --backbone flux-kontext` "
-    "(its reward_lora/ folder: LoRA + reward modules) to a FLUX.1 model from ComfyUI's loaders.",
+    "RewardDiTCondition": "Attach multi-reward scores and failure text to a FLUX.1 Kontext or Qwen-Image-Edit "
+    "conditioning (use it on every conditioning the patched model samples with).",
+    "RewardDiTAdapterLoader": "Apply a reward adapter trained by `reward-edit train --backbone flux-kontext` or "
+    "`--backbone qwen-image-edit` (its reward_lora/ folder: LoRA + reward modules) to a FLUX.1 or Qwen-Image model "
+    "from ComfyUI's loaders.",
 }
 _SCORE = {"default": 5.0, "min": 0.0, "max": 5.0, "step": 0.5}
 _GUIDANCE = {"default": 1.0, "min": 1.0, "max": 10.0, "step": 0.1}
 _STRENGTH = {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}
 
 
+def is_qwen_text_encoder(clip: Any) -> bool:
+    """Whether `clip` holds ComfyUI's Qwen-Image text encoder (Qwen2.5-VL; CLIPLoader type ``qwen_image``)."""
+    try:
+        from comfy.text_encoders.qwen_image import QwenImageTEModel
+    except ImportError:  # ComfyUI builds without Qwen-Image (e.g. March 2024)
+        return False
+    return isinstance(getattr(clip, "cond_stage_model", None), QwenImageTEModel)
+
+
+def encode_qwen_failure_text(clip: Any, text: str) -> Any:
+    """``[1, D]``: the mean of ComfyUI's Qwen2.5-VL final hidden states over the text's own tokens — the library's
+    `RewardQwenImageEditPipeline.encode_failure_text` (raw text, no chat template, at most
+    ``FAILURE_TEXT_MAX_TOKENS`` tokens).
+
+    The text is tokenized by ComfyUI's Qwen tokenizer with the template ``"{}"`` (the raw text). ComfyUI's
+    ``QwenImageTEModel.encode_token_weights`` then drops the chat-template prefix it expects (for a template-less text
+    it would keep only the last token), so the same model is run through its base class's ``encode_token_weights``,
+    which returns the final hidden state of every token.
+    """
+    import comfy.sd1_clip
+    import torch
+
+    from reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit import FAILURE_TEXT_MAX_TOKENS
+
+    model = clip.cond_stage_model
+    tokens = clip.tokenize(text, llama_template="{}")
+    rows = tokens[model.clip_name]
+    if len(rows) != 1:
+        raise ValueError(f"the Qwen tokenizer split the failure text into {len(rows)} sections; expected one")
+    if len(rows[0]) > FAILURE_TEXT_MAX_TOKENS:
+        logger.warning("failure text longer than %d tokens is truncated", FAILURE_TEXT_MAX_TOKENS)
+        tokens = {**tokens, model.clip_name: [rows[0][:FAILURE_TEXT_MAX_TOKENS]]}
+    model.reset_clip_options()  # the final hidden state, whatever CLIPSetLastLayer asked for the prompt
+    clip.load_model()
+    hidden, _, *extra = comfy.sd1_clip.SD1ClipModel.encode_token_weights(model, tokens)
+    hidden = hidden.float()
+    mask = extra[0].get("attention_mask") if extra else None
+    if mask is None:
+        mask = torch.ones(hidden.shape[:2])
+    weights = mask.to(hidden.device, torch.float32).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
 def encode_failure_text(clip: Any, failure_text: str | None) -> Any:
-    """The pooled embedding ``[1, D]`` of the failure text (blank/absent → the library's "no failure" text)."""
+    """The pooled embedding ``[1, D]`` of the failure text (blank/absent → the library's "no failure" text), as the
+    library's pipeline for the workflow's text encoder computes it: Qwen-Image's Qwen2.5-VL → the mean over the
+    text's tokens (`encode_qwen_failure_text`); otherwise the CLIP's pooled output (for FLUX the CLIP-L pooled
+    output, as `RewardFluxKontextPipeline`)."""
     text = resolve_failure_text(failure_text, DEFAULT_NO_FAILURE_TEXT)
+    if is_qwen_text_encoder(clip):
+        return encode_qwen_failure_text(clip, text)
     _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
     if pooled is None:
-        raise ValueError("`clip` gives no pooled output; the FLUX reward adapter embeds the failure text with CLIP-L")
+        raise ValueError(
+            "`clip` gives no pooled output; the reward adapters embed the failure text with CLIP-L (FLUX.1, "
+            "DualCLIPLoader) or the Qwen2.5-VL text encoder (Qwen-Image, CLIPLoader type qwen_image)"
+        )
     return pooled
 
 
@@ -83,21 +139,29 @@ def run_condition(
     return out
 
 
+def diffusion_model_of(model: Any) -> Any:
+    """The diffusion model of a ComfyUI ``ModelPatcher`` (``get_model_object`` where the build has it)."""
+    get_model_object = getattr(model, "get_model_object", None)
+    return get_model_object("diffusion_model") if get_model_object is not None else model.model.diffusion_model
+
+
 def run_adapter_loader(model: Any, reward_adapter: str, lora_strength: float = 1.0) -> Any:
-    """``RewardDiTAdapterLoader``: a clone of `model` with the adapter's LoRA patches, object patches and wrapper."""
+    """``RewardDiTAdapterLoader``: a clone of `model` with the adapter's LoRA patches, object patches and wrapper.
+    The backbone comes from the adapter's ``config.json``; a model of another backbone (or of none the nodes
+    support) is refused before anything is patched."""
+    from .dit_patch import LORA_FILE, WRAPPER_KEY, RewardDiTModules, RewardDiTWrapper
+
+    folder = os.path.expanduser(reward_adapter.strip())
+    if not folder or not os.path.isdir(folder):
+        raise FileNotFoundError(f"`reward_adapter` must be a trainer's reward_lora/ folder, got {reward_adapter!r}")
+    modules = RewardDiTModules.from_adapter_folder(folder)
+    object_patches = modules.object_patches(diffusion_model_of(model))
+
     import comfy.lora
     import comfy.lora_convert
     import comfy.patcher_extension
     import comfy.utils
 
-    from .dit_patch import LORA_FILE, WRAPPER_KEY, FluxRewardModules, FluxRewardWrapper, flux_object_patches
-
-    folder = os.path.expanduser(reward_adapter.strip())
-    if not folder or not os.path.isdir(folder):
-        raise FileNotFoundError(f"`reward_adapter` must be a trainer's reward_lora/ folder, got {reward_adapter!r}")
-    modules = FluxRewardModules.from_adapter_folder(folder)
-    diffusion_model = model.get_model_object("diffusion_model")
-    modules.check_flux_model(diffusion_model)
     patched = model.clone()
     lora_path = os.path.join(folder, LORA_FILE)
     if os.path.isfile(lora_path) and lora_strength != 0.0:
@@ -107,10 +171,10 @@ def run_adapter_loader(model: Any, reward_adapter: str, lora_strength: float = 1
         if unmatched:
             raise ValueError(f"{lora_path}: LoRA layers this model does not have: {unmatched[:5]}")
         patched.add_patches(comfy.lora.load_lora(lora, key_map), lora_strength)
-    for key, value in flux_object_patches(diffusion_model).items():
+    for key, value in object_patches.items():
         patched.add_object_patch(key, value)
     patched.add_wrapper_with_key(
-        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, FluxRewardWrapper(modules)
+        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, RewardDiTWrapper(modules)
     )
     return patched
 
