@@ -198,10 +198,10 @@ class RewardSmartEditPipeline(RewardEditPipeline):
             raise ValueError("the LLM's embedding table is smaller than `llm_tokenizer` (resize_token_embeddings)")
         return ids
 
-    def encode_vision(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Pixels `[B, 3, H, W]` in [0, 1] → CLIP patch features `[B, G², C]` (layer `bridge.config.vision_feature_layer`,
-        class token dropped, as LLaVA). As in SmartEdit, the whole image is resized (not cropped) to the processor's
-        crop size with bicubic filtering (antialiased when shrinking, like PIL's), then normalised by the processor."""
+    def preprocess_vision(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels `[B, 3, H, W]` in [0, 1] → the vision tower's input. As in SmartEdit, the whole image is resized (not
+        cropped) to the processor's crop size with bicubic filtering (antialiased when shrinking, like PIL's), then
+        normalised with the processor's mean and std."""
         crop = self.vision_processor.crop_size
         size = (crop["height"], crop["width"])
         pixels = pixels.float()
@@ -214,7 +214,12 @@ class RewardSmartEditPipeline(RewardEditPipeline):
             do_rescale=False,
             return_tensors="pt",
         )
-        pixel_values = processed["pixel_values"].to(device=device, dtype=self.vision_encoder.dtype)
+        return processed["pixel_values"]
+
+    def encode_vision(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Pixels `[B, 3, H, W]` in [0, 1] → CLIP patch features `[B, G², C]` (`preprocess_vision`; the hidden state
+        `bridge.config.vision_feature_layer`, class token dropped, as LLaVA)."""
+        pixel_values = self.preprocess_vision(pixels).to(device=device, dtype=self.vision_encoder.dtype)
         hidden_states = self.vision_encoder(pixel_values, output_hidden_states=True).hidden_states
         return self.bridge.select_vision_features(hidden_states)
 
