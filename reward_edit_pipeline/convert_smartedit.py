@@ -217,11 +217,37 @@ def released_state_dicts_from_bridge(
     return embeddings_qformer, bim
 
 
+#: SmartEdit's conversation at inference (test/DS_SmartEdit_test.py with conversation_v01.py and
+#: data/ConversationTemplateEditing_use.txt): the "vicuna_v1.3" system message and roles ("USER: " … " ASSISTANT:"),
+#: the first of the 30 editing requests (SmartEdit draws one at random per image), the instruction quoted after the
+#: image wrapped in `<im_start>` … `<im_end>`. See docs/smartedit.md.
+SMARTEDIT_SYSTEM_MESSAGE = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant can generate <img>. "
+    "The assistant needs to conduct the image to image translation task based on given image and text information. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+SMARTEDIT_PROMPT_TEMPLATE = (
+    SMARTEDIT_SYSTEM_MESSAGE + " USER: Could you produce an image based on the previous image and text description "
+    '"<im_start> {image} <im_end>{instruction}"? ASSISTANT:'
+)
+#: The answer of the same request in SmartEdit's training data, " [img]." replaced by the image tokens.
+SMARTEDIT_ANSWER_TEMPLATE = " Certainly, I can create the image you requested {image_tokens}"
+#: Tokens SmartEdit adds to the LLaMA tokenizer besides `<img_0>` … `<img_31>`.
+SMARTEDIT_CONVERSATION_TOKENS = ("<img>", "<im_start>", "<im_end>")
+SMARTEDIT_LLM_DEFAULTS: dict[str, Any] = {
+    "llm_prompt_template": SMARTEDIT_PROMPT_TEMPLATE,
+    "llm_answer_template": SMARTEDIT_ANSWER_TEMPLATE,
+    "llm_generate": True,
+    "llm_max_new_tokens": 512,
+}
+
+
 def bridge_config_from_released(
     embeddings_qformer: dict[str, torch.Tensor], bim: dict[str, torch.Tensor], **overrides: Any
 ) -> dict[str, Any]:
     """A `SmartEditBridge` config read from the released tensors' shapes; head counts (not visible in shapes) default
-    to SmartEdit's (Q-Former 12, BIM 8) and may be overridden, like `num_image_tokens` (32) and the template."""
+    to SmartEdit's (Q-Former 12, BIM 8) and may be overridden, like `num_image_tokens` (32) and the LLM's
+    conversation (`SMARTEDIT_LLM_DEFAULTS`: SmartEdit's templates, generation as in its inference)."""
     layer_ids = {
         int(m.group(1)) for k in embeddings_qformer if (m := re.match(r"sd_qformer\.encoder\.layer\.(\d+)\.", k))
     }
@@ -249,6 +275,7 @@ def bridge_config_from_released(
         "bim_depth": len(bim_layers),
         "bim_mlp_dim": bim["modulate_transformer.layers.0.mlp.lin1.weight"].shape[0],
         "unet_conv_in_channels": bim["dimension_reduction_head_zeroconv.weight"].shape[0],
+        **SMARTEDIT_LLM_DEFAULTS,
     }
     config.update(overrides)
     return config
@@ -361,6 +388,10 @@ def convert_smartedit(
         bridge=bridge.eval(),
     )
     pipe.image_token_ids()  # the tokenizer carries the image tokens and the LLM's vocabulary covers them
+    used = [token for token in SMARTEDIT_CONVERSATION_TOKENS if token in bridge.config.llm_prompt_template]
+    missing = [token for token in used if token not in pipe.llm_tokenizer.get_added_vocab()]
+    if missing:
+        raise ValueError(f"`llm_tokenizer` lacks SmartEdit's added tokens {missing} used by `llm_prompt_template`")
     if output_dir is not None:
         pipe.save_pretrained(output_dir)
     return pipe

@@ -356,18 +356,22 @@ def test_convert_released_layout_round_trip(tmp_path, image):
     )
     with pytest.raises(ValueError, match="allow_pickle"):
         convert_smartedit(tmp_path / "release", 15000, base)
+    heads = {"num_image_tokens": NUM_IMAGE_TOKENS, "qformer_num_heads": 4, "bim_num_heads": 2}
+    # by default the converter writes SmartEdit's conversation, whose added tokens the tiny tokenizer lacks
+    with pytest.raises(ValueError, match=r"lacks SmartEdit's added tokens \['<img>', '<im_start>', '<im_end>'\]"):
+        convert_smartedit(tmp_path / "release", 15000, base, allow_pickle=True, bridge_overrides=heads)
+    # the tiny random LLM cannot follow that conversation: keep the tiny pipeline's teacher-forced template
+    llm_settings = {
+        key: original.bridge.config[key]
+        for key in ("llm_prompt_template", "llm_answer_template", "llm_generate", "llm_max_new_tokens")
+    }
     converted = convert_smartedit(
         tmp_path / "release",
         15000,
         base,
         output_dir=tmp_path / "converted",
         allow_pickle=True,
-        bridge_overrides={
-            "num_image_tokens": NUM_IMAGE_TOKENS,
-            "qformer_num_heads": 4,
-            "bim_num_heads": 2,
-            "llm_prompt_template": original.bridge.config.llm_prompt_template,
-        },
+        bridge_overrides={**heads, **llm_settings},
     )
     reward_prefixes = ("reward_", "failure_text_", "latent_reward_attention")
     for ours, theirs in ((converted.bridge, original.bridge), (converted.unet, original.unet)):

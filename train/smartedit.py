@@ -120,8 +120,8 @@ def smartedit_training_loss(
     rows = original.shape[0]
     with torch.no_grad():
         vision_features = pipe.encode_vision((original + 1.0) / 2.0, device)
-    with torch.set_grad_enabled(train_llm):
-        llm_states = pipe.encode_instructions(instructions, vision_features, device)
+    with torch.set_grad_enabled(train_llm):  # teacher-forced, as SmartEdit trains (its inference generates)
+        llm_states = pipe.encode_instructions(instructions, vision_features, device, llm_generate=False)
     with torch.no_grad():
         scaling = pipe.vae.config.scaling_factor
         edited_dist = pipe.vae.encode(edited).latent_dist

@@ -21,6 +21,7 @@ SAM's, so converted checkpoints map one to one (see `reward_edit_pipeline.conver
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -159,6 +160,32 @@ class RandomFourierPositionEncoding(nn.Module):
         return torch.cat([angles.sin(), angles.cos()], dim=-1).permute(2, 0, 1)
 
 
+#: Template fields: the instruction, where the image features go, and the `<img_0> … <img_{N-1}>` tokens.
+INSTRUCTION_FIELD = "{instruction}"
+IMAGE_FIELD = "{image}"
+IMAGE_TOKENS_FIELD = "{image_tokens}"
+
+
+def check_llm_templates(prompt_template: str, answer_template: str) -> None:
+    """Refuse templates the pipeline cannot fill: `{instruction}` once in the prompt, `{image}` at most once there,
+    `{image_tokens}` once in the answer, and no other `{...}` field."""
+    fields = {"llm_prompt_template": prompt_template, "llm_answer_template": answer_template}
+    allowed = {"llm_prompt_template": (INSTRUCTION_FIELD, IMAGE_FIELD), "llm_answer_template": (IMAGE_TOKENS_FIELD,)}
+    for name, template in fields.items():
+        if not isinstance(template, str):
+            raise ValueError(f"`{name}` must be a string, got {type(template).__name__}")
+        unknown = sorted(set(re.findall(r"\{[^{}]*\}", template)) - set(allowed[name]))
+        if unknown or template.count("{") != template.count("}"):
+            raise ValueError(f"`{name}` may use only the fields {list(allowed[name])}, got {template!r}")
+    if prompt_template.count(INSTRUCTION_FIELD) != 1 or prompt_template.count(IMAGE_FIELD) > 1:
+        raise ValueError(
+            f"`llm_prompt_template` must contain '{INSTRUCTION_FIELD}' once and '{IMAGE_FIELD}' at most once, got "
+            f"{prompt_template!r}"
+        )
+    if answer_template.count(IMAGE_TOKENS_FIELD) != 1:
+        raise ValueError(f"`llm_answer_template` must contain '{IMAGE_TOKENS_FIELD}' once, got {answer_template!r}")
+
+
 class SmartEditBridge(ModelMixin, ConfigMixin):
     r"""LLaVA connector + Q-Former + BIM: turns the MLLM's states into the UNet's two conditions.
 
@@ -174,7 +201,16 @@ class SmartEditBridge(ModelMixin, ConfigMixin):
         bim_depth, bim_num_heads, bim_mlp_dim, bim_attention_downsample_rate: the two-way transformer (2, 8, 2048, 2).
         unet_conv_in_channels (`int`, defaults to 320): width of the UNet's `conv_in` output.
         text_residual_scale (`float`, defaults to 0.5): weight of the BIM's token output added to the Q-Former output.
-        llm_prompt_template (`str`): how an instruction is put to the LLM; `{instruction}` is replaced.
+        llm_prompt_template (`str`, defaults to `"{instruction}"`): the LLM's input text; `{instruction}` is replaced
+            by the instruction, and the image features go where `{image}` stands (before the text if it is absent).
+        llm_answer_template (`str`, defaults to `"{image_tokens}"`): the teacher-forced start of the LLM's answer,
+            appended to the prompt; `{image_tokens}` (required, once) stands for `<img_0> … <img_{N-1}>`.
+        llm_generate (`bool`, defaults to `False`): the pipeline's default for how the image-token states are
+            obtained: `False` teacher-forces `llm_answer_template`; `True` lets the LLM generate (greedy) until it has
+            emitted `num_image_tokens` image tokens, as SmartEdit's inference does.
+        llm_max_new_tokens (`int`, defaults to 512): the most tokens the LLM may generate before the last image token.
+
+    The converter (`reward_edit_pipeline.convert_smartedit`) writes SmartEdit's conversation (see docs/smartedit.md).
     """
 
     @register_to_config
@@ -199,6 +235,9 @@ class SmartEditBridge(ModelMixin, ConfigMixin):
         unet_conv_in_channels: int = 320,
         text_residual_scale: float = 0.5,
         llm_prompt_template: str = "{instruction}",
+        llm_answer_template: str = IMAGE_TOKENS_FIELD,
+        llm_generate: bool = False,
+        llm_max_new_tokens: int = 512,
     ) -> None:
         super().__init__()
         if bim_embed_dim != vision_hidden_size:
@@ -206,8 +245,11 @@ class SmartEditBridge(ModelMixin, ConfigMixin):
                 f"`bim_embed_dim` ({bim_embed_dim}) must equal `vision_hidden_size` ({vision_hidden_size}): the BIM "
                 "attends to the CLIP vision features as they are"
             )
-        if "{instruction}" not in llm_prompt_template:
-            raise ValueError(f"`llm_prompt_template` must contain '{{instruction}}', got {llm_prompt_template!r}")
+        check_llm_templates(llm_prompt_template, llm_answer_template)
+        if not isinstance(llm_generate, bool):
+            raise ValueError(f"`llm_generate` must be True or False, got {llm_generate!r}")
+        if isinstance(llm_max_new_tokens, bool) or not isinstance(llm_max_new_tokens, int) or llm_max_new_tokens < 1:
+            raise ValueError(f"`llm_max_new_tokens` must be an integer >= 1, got {llm_max_new_tokens!r}")
         self.vision_projection = nn.Linear(vision_hidden_size, llm_hidden_size)
         self.query_tokens = nn.Parameter(torch.randn(1, num_query_tokens, qformer_hidden_size) * 0.02)
         qformer_config = Blip2QFormerConfig(

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
@@ -22,7 +24,7 @@ from diffusers.utils import logging
 
 from ..devices import normalize_dtype_kwarg
 from ..downloads import DOWNLOAD_KWARGS, download_pipeline_files
-from ..models.smartedit_bridge import SmartEditBridge
+from ..models.smartedit_bridge import IMAGE_FIELD, IMAGE_TOKENS_FIELD, INSTRUCTION_FIELD, SmartEditBridge
 from ..models.unet_2d_reward import RewardUNet2DConditionModel
 from ..rewards import BEST_SCORES
 from .pipeline_reward_edit import (
@@ -70,8 +72,10 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         bridge ([`SmartEditBridge`]): LLaVA's connector, the Q-Former and the BIM.
 
     The call takes the same arguments as `RewardEditPipeline` (except `prompt_embeds`/`negative_prompt`, which have
-    no meaning here). The instruction is put to the LLM as `bridge.config.llm_prompt_template` after the image
-    features, followed by the image tokens (teacher-forced, as in SmartEdit's training); the LLM does not generate.
+    no meaning here). The instruction is put to the LLM in `bridge.config.llm_prompt_template` with the image
+    features at `{image}`; the image-token states come from the teacher-forced `llm_answer_template` (as in
+    SmartEdit's training) or, with `llm_generate=True`, from the LLM's own greedy answer (as in SmartEdit's
+    inference). A converted SmartEdit folder holds SmartEdit's conversation and `llm_generate=True`.
     """
 
     _optional_components = ["safety_checker", "feature_extractor"]
@@ -194,30 +198,165 @@ class RewardSmartEditPipeline(RewardEditPipeline):
             raise ValueError("the LLM's embedding table is smaller than `llm_tokenizer` (resize_token_embeddings)")
         return ids
 
+    def preprocess_vision(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels `[B, 3, H, W]` in [0, 1] → the vision tower's input. As in SmartEdit, the whole image is resized (not
+        cropped) to the processor's crop size with bicubic filtering (antialiased when shrinking, like PIL's), then
+        normalised with the processor's mean and std."""
+        crop = self.vision_processor.crop_size
+        size = (crop["height"], crop["width"])
+        pixels = pixels.float()
+        if tuple(pixels.shape[-2:]) != size:
+            pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True)
+        processed = self.vision_processor(
+            images=list(pixels.clamp(0.0, 1.0).cpu()),
+            do_resize=False,
+            do_center_crop=False,
+            do_rescale=False,
+            return_tensors="pt",
+        )
+        return processed["pixel_values"]
+
     def encode_vision(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Pixels `[B, 3, H, W]` in [0, 1] → CLIP patch features `[B, G², C]` (LLaVA: penultimate layer, no CLS)."""
-        processed = self.vision_processor(images=list(pixels.float().cpu()), do_rescale=False, return_tensors="pt")
-        pixel_values = processed["pixel_values"].to(device=device, dtype=self.vision_encoder.dtype)
+        """Pixels `[B, 3, H, W]` in [0, 1] → CLIP patch features `[B, G², C]` (`preprocess_vision`; the hidden state
+        `bridge.config.vision_feature_layer`, class token dropped, as LLaVA)."""
+        pixel_values = self.preprocess_vision(pixels).to(device=device, dtype=self.vision_encoder.dtype)
         hidden_states = self.vision_encoder(pixel_values, output_hidden_states=True).hidden_states
         return self.bridge.select_vision_features(hidden_states)
 
-    def encode_instructions(
-        self, prompts: list[str], vision_features: torch.Tensor, device: torch.device
-    ) -> torch.Tensor:
-        """LLM states `[B, N, D_llm]` at the image tokens for each (instruction, image): the input is
-        `[projected image features, tokens(template(instruction)), <img_0> … <img_{N-1}>]`."""
-        image_ids = torch.tensor(self.image_token_ids(), device=device)
-        image_embeds = self.bridge.project_vision_features(vision_features)
+    def tokenize_llm_text(self, text: str) -> list[int]:
+        """LLM token ids of `text` (no BOS), split as SmartEdit's tokenizer (transformers 4.28's slow LLaMA tokenizer)
+        splits it: at the tokenizer's added tokens (`<img_i>`, `<im_start>`, …; not BOS/EOS/UNK/PAD), with the
+        whitespace next to them dropped, each text piece encoded on its own."""
+        special = {self.llm_tokenizer.bos_token, self.llm_tokenizer.eos_token, self.llm_tokenizer.unk_token}
+        special.add(self.llm_tokenizer.pad_token)
+        added = sorted((t for t in self.llm_tokenizer.get_added_vocab() if t not in special), key=len, reverse=True)
+        if not added:
+            return self.llm_tokenizer(text, add_special_tokens=False).input_ids if text else []
+        pieces = re.split("(" + "|".join(re.escape(token) for token in added) + ")", text)
+        ids: list[int] = []
+        for index, piece in enumerate(pieces):
+            if index % 2:  # an added token
+                ids.append(self.llm_tokenizer.convert_tokens_to_ids(piece))
+                continue
+            if index > 0:
+                piece = piece.lstrip()
+            if index < len(pieces) - 1:
+                piece = piece.rstrip()
+            if piece:
+                ids.extend(self.llm_tokenizer(piece, add_special_tokens=False).input_ids)
+        return ids
+
+    def llm_input_ids(self, prompt: str, with_answer: bool = True) -> tuple[list[int], list[int]]:
+        """The LLM's token ids before and after the image features for one instruction.
+
+        The conversation is `bridge.config.llm_prompt_template` with `{instruction}` filled in, newlines removed (as
+        SmartEdit does), split at `{image}` (where the image features go; the whitespace next to it is dropped, as
+        next to the `<img_0>` placeholder SmartEdit replaces); with `with_answer` (teacher forcing)
+        `llm_answer_template` follows, `{image_tokens}` being `<img_0> … <img_{N-1}>`. The tokenizer's start tokens
+        (LLaMA: BOS) open the text; without `{image}` the image features come before them.
+        """
+        config = self.bridge.config
+        conversation = config.llm_prompt_template
+        if with_answer:
+            conversation += config.llm_answer_template.replace(
+                IMAGE_TOKENS_FIELD, " ".join(self.bridge.image_token_names())
+            )
+        before, image_field, after = conversation.partition(IMAGE_FIELD)
+        if not image_field:
+            before, after = "", before
+        before, after = (part.replace(INSTRUCTION_FIELD, prompt).replace("\n", "") for part in (before, after))
+        start = self.llm_tokenizer("", add_special_tokens=True).input_ids
+        if image_field:
+            return start + self.tokenize_llm_text(before.rstrip()), self.tokenize_llm_text(after.lstrip())
+        return [], start + self.tokenize_llm_text(after)
+
+    def llm_inputs_embeds(
+        self, prompt: str, image_embeds: torch.Tensor, with_answer: bool = True
+    ) -> tuple[torch.Tensor, list[int]]:
+        """`([1, L, D] input embeddings, ids after the image rows)`: `[embed(before), image_embeds, embed(after)]`
+        (`llm_input_ids`), `image_embeds` `[G², D]` being the projected CLIP features."""
+        before, after = self.llm_input_ids(prompt, with_answer)
         embed_tokens = self.llm.get_input_embeddings()
-        template = self.bridge.config.llm_prompt_template
+        device = embed_tokens.weight.device
+        rows = [
+            embed_tokens(torch.tensor(before, dtype=torch.long, device=device)),
+            image_embeds.to(device=device, dtype=embed_tokens.weight.dtype),
+            embed_tokens(torch.tensor(after, dtype=torch.long, device=device)),
+        ]
+        return torch.cat(rows)[None], after
+
+    def encode_instructions(
+        self,
+        prompts: list[str],
+        vision_features: torch.Tensor,
+        device: torch.device,
+        llm_generate: bool | None = None,
+        llm_max_new_tokens: int | None = None,
+    ) -> torch.Tensor:
+        """LLM states `[B, N, D_llm]` at the image tokens for each (instruction, image) (`llm_inputs_embeds`).
+
+        `llm_generate=False` (teacher forcing): the answer template is part of the input and the states are read at
+        its `<img_0> … <img_{N-1}>`. `llm_generate=True` (SmartEdit's inference): the LLM continues the prompt
+        greedily, token by token; every emitted image token is fed back and its state kept, until `N` are kept (an
+        error if the LLM ends or runs past `llm_max_new_tokens` before). Both default to the bridge config's values.
+        When the LLM emits exactly the teacher-forced answer, the two give the same states (one causal pass vs. the
+        same pass with a key/value cache).
+        """
+        config = self.bridge.config
+        generate = config.llm_generate if llm_generate is None else llm_generate
+        max_new_tokens = config.llm_max_new_tokens if llm_max_new_tokens is None else llm_max_new_tokens
+        if not isinstance(generate, bool):
+            raise ValueError(f"`llm_generate` must be True, False or None, got {generate!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"`llm_max_new_tokens` must be an integer >= 1, got {max_new_tokens!r}")
+        image_ids = self.image_token_ids()
+        image_embeds = self.bridge.project_vision_features(vision_features)
         states = []
         for prompt, image_embed in zip(prompts, image_embeds):
-            text_ids = self.llm_tokenizer(template.format(instruction=prompt), return_tensors="pt").input_ids[0]
-            ids = torch.cat([text_ids.to(device), image_ids])
-            inputs_embeds = torch.cat([image_embed.to(embed_tokens.weight.dtype), embed_tokens(ids)])[None]
+            inputs_embeds, after = self.llm_inputs_embeds(prompt, image_embed, with_answer=not generate)
+            if generate:
+                states.append(self._generate_image_token_states(inputs_embeds, image_ids, max_new_tokens))
+                continue
+            positions = [index for index, token in enumerate(after) if token in image_ids]
+            if [after[index] for index in positions] != image_ids:
+                raise ValueError(
+                    "the teacher-forced answer must hold each image token once, in order (check `llm_answer_template` "
+                    f"and that `llm_tokenizer` keeps the image tokens whole); found ids {[after[i] for i in positions]}"
+                )
+            offset = inputs_embeds.shape[1] - len(after)
             last_hidden_state = self.llm.model(inputs_embeds=inputs_embeds).last_hidden_state
-            states.append(last_hidden_state[:, -len(image_ids) :])
-        return torch.cat(states)
+            states.append(last_hidden_state[:, [offset + index for index in positions]])
+        return torch.cat(states).to(device)
+
+    def _generate_image_token_states(
+        self, inputs_embeds: torch.Tensor, image_ids: list[int], max_new_tokens: int
+    ) -> torch.Tensor:
+        """Greedy decoding from `inputs_embeds` `[1, L, D]`; returns the states `[1, N, D]` of the fed-back image
+        tokens (SmartEdit keeps any token of its image range, in the order emitted)."""
+        image_id_set = set(image_ids)
+        output = self.llm.model(inputs_embeds=inputs_embeds, use_cache=True)
+        kept, emitted = [], []
+        for _ in range(max_new_tokens):
+            token = int(self.llm.lm_head(output.last_hidden_state[:, -1]).argmax(dim=-1)[0])
+            emitted.append(token)
+            if token == self.llm_tokenizer.eos_token_id:
+                break
+            output = self.llm.model(
+                input_ids=torch.tensor([[token]], device=inputs_embeds.device),
+                past_key_values=output.past_key_values,
+                use_cache=True,
+            )
+            if token in image_id_set:
+                kept.append(output.last_hidden_state)
+                if len(kept) == len(image_ids):
+                    return torch.cat(kept, dim=1)
+        ended = "ended (EOS)" if emitted and emitted[-1] == self.llm_tokenizer.eos_token_id else "stopped"
+        raise ValueError(
+            f"the LLM {ended} after {len(emitted)} generated tokens having emitted {len(kept)} of the "
+            f"{len(image_ids)} image tokens (`llm_max_new_tokens`={max_new_tokens}); generated: "
+            f"{self.llm_tokenizer.decode(emitted[:64])!r}. Use `llm_generate=False` (teacher forcing) or a larger "
+            "`llm_max_new_tokens`"
+        )
 
     def null_text_condition(self, device: torch.device) -> torch.Tensor:
         """CLIP text states of the empty prompt `[1, 77, D]`: SmartEdit's unconditional text condition."""
@@ -234,11 +373,15 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         image: Any = None,
         reward_scores: ScoreInput | None = BEST_SCORES,
         failure_text: FailureTextInput = None,
-        num_inference_steps: int = 30,
+        num_inference_steps: int = 100,
         guidance_scale: float = 7.5,
         image_guidance_scale: float = 1.5,
         reward_guidance_scale: float = 1.0,
         num_images_per_prompt: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        llm_generate: bool | None = None,
+        llm_max_new_tokens: int | None = None,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -254,6 +397,10 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         condition; `reward_guidance_scale > 1`: push away from it). Guidance branches: `[text+image, image-only,
         unconditional]`, where the text condition is the bridge's output (empty-prompt CLIP states in the other two
         branches) and every branch gets the BIM image residual and the requested reward condition.
+        The defaults (100 steps, `guidance_scale` 7.5, `image_guidance_scale` 1.5) are SmartEdit's test script's;
+        it also edits at 256 × 256: `height=256, width=256` resize the image (bicubic, aspect ratio not kept) before
+        editing, while the vision tower reads the image as given. `llm_generate` / `llm_max_new_tokens` (default: the
+        bridge config's) choose how the LLM's image-token states are obtained (`encode_instructions`).
         `callback_on_step_end(pipe, step, timestep, {"latents": ...})` may replace the latents; setting
         `pipe._interrupt = True` stops the loop.
         """
@@ -271,6 +418,13 @@ class RewardSmartEditPipeline(RewardEditPipeline):
             None,
             output_type,
         )
+        if (height is None) != (width is None):
+            raise ValueError(f"pass both `height` and `width` or neither, got height={height!r}, width={width!r}")
+        for name, size in (("height", height), ("width", width)):
+            if size is not None and (
+                isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % self.vae_scale_factor
+            ):
+                raise ValueError(f"`{name}` must be a positive multiple of {self.vae_scale_factor}, got {size!r}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         reward_inputs = prepare_reward_inputs(
             reward_scores, failure_text, reward_guidance_scale, batch_size, self.unet.config.no_failure_text
@@ -291,10 +445,16 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         if pixels.shape[0] == 1 and batch_size > 1:
             pixels = pixels.expand(batch_size, *pixels.shape[1:])
         vision_pixels = (pixels[..., : input_size[0], : input_size[1]] + 1.0) / 2.0
+        if height is not None:  # SmartEdit's `--resize_resolution`: the edit runs at this size
+            pixels = pixels[..., : input_size[0], : input_size[1]]
+            if tuple(pixels.shape[-2:]) != (height, width):
+                pixels = F.interpolate(pixels.float(), size=(height, width), mode="bicubic", antialias=True)
+                pixels = pixels.clamp(-1.0, 1.0)
+            input_size = (height, width)
 
         # 2. MLLM → bridge: text condition and conv_in residual (one per prompt, then per generated image)
         vision_features = self.encode_vision(vision_pixels, device)
-        llm_states = self.encode_instructions(prompts, vision_features, device)
+        llm_states = self.encode_instructions(prompts, vision_features, device, llm_generate, llm_max_new_tokens)
         latent_size = (pixels.shape[-2] // self.vae_scale_factor, pixels.shape[-1] // self.vae_scale_factor)
         bridge_output = self.bridge(llm_states, vision_features, latent_size)
         text_condition = bridge_output.encoder_hidden_states.repeat_interleave(num_images_per_prompt, dim=0)
