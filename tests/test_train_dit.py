@@ -11,16 +11,10 @@ import torch
 from PIL import Image
 from reward_edit_pipeline.train.args import parse_args  # noqa: E402
 from reward_edit_pipeline.train.data import SkipCounter  # noqa: E402
-from reward_edit_pipeline.train.dit import (  # noqa: E402
-    BACKBONES,
-    TRAINABLE_FILE,
-    list_dit_checkpoints,
-    setup_trainable,
-    train_dit,
-)
+from reward_edit_pipeline.train.dit import BACKBONES, TRAINABLE_FILE, train_dit  # noqa: E402
 from reward_edit_pipeline.train.sources import load_training_examples  # noqa: E402
 from safetensors.torch import load_file
-from training_data import write_official_rewards, write_triplet_folder  # noqa: E402
+from training_data import restore_last_dit_checkpoint, write_official_rewards, write_triplet_folder  # noqa: E402
 
 from reward_edit_pipeline.cli import main as cli_main  # noqa: E402
 from reward_edit_pipeline.pipelines.pipeline_reward_flux_kontext import RewardFluxKontextPipeline  # noqa: E402
@@ -150,24 +144,7 @@ def test_unreadable_pairs_are_skipped_and_counted(workspace, tmp_path):
     assert summary["skipped"]["by_reason"] == {"unreadable_image": 1}
 
 
-def _trained_in_memory(workspace: Path, run: Path, rank: int, alpha: float) -> RewardFluxKontextPipeline:
-    """The transformer as it stood at the end of training: the base, the trainer's LoRA set-up (`setup_trainable`,
-    this rank and alpha) and the last checkpoint's trainable weights (LoRA unmerged, PEFT's own scaling)."""
-    pipe = RewardFluxKontextPipeline.from_flux_kontext(workspace / "kontext", reward_config={"reward_token_dim": 16})
-    setup_trainable(pipe.transformer, BACKBONES["flux-kontext"], rank, alpha)
-    step, folder = list_dit_checkpoints(str(run))[-1]
-    weights = load_file(Path(folder) / TRAINABLE_FILE)
-    parameters = dict(pipe.transformer.named_parameters())
-    assert set(weights) == {name for name, parameter in parameters.items() if parameter.requires_grad}
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            parameters[name].copy_(tensor)
-    pipe.transformer.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def test_lora_alpha_other_than_the_rank_travels_with_the_adapter(workspace, tmp_path):
+def test_lora_alpha_other_than_the_rank_travels_with_the_adapter(workspace, tmp_path, capsys):
     output = tmp_path / "run"
     train_dit(parse_args(_argv(workspace, output, "--max_train_steps", "3", "--lora_rank", "2", "--lora_alpha", "8")))
     lora_config = read_reward_adapter_lora_config(output / "reward_lora")
@@ -175,25 +152,26 @@ def test_lora_alpha_other_than_the_rank_travels_with_the_adapter(workspace, tmp_
 
     image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (32, 32, 3), dtype=np.uint8))
     call = dict(image=image, prompt="invert the red", reward_scores=(4, 2, 5), **dummy_flux_kontext_call_kwargs())
-    in_memory = _trained_in_memory(workspace, output, rank=2, alpha=8.0)
-    expected = in_memory(**call, generator=torch.Generator().manual_seed(0)).images
-    unscaled = in_memory.transformer  # the same weights at scale 1 (alpha = rank): what a loader without alpha gives
-    unscaled.set_adapters(["default"], weights=[0.25])
-    at_rank_scale = in_memory(**call, generator=torch.Generator().manual_seed(0)).images
-    adapted = RewardFluxKontextPipeline.from_reward_adapter(workspace / "kontext", output / "reward_lora")
-    adapted.set_progress_bar_config(disable=True)
-    got = adapted(**call, generator=torch.Generator().manual_seed(0)).images
-    merged = RewardFluxKontextPipeline.from_pretrained(output)
-    merged.set_progress_bar_config(disable=True)
-    full = merged(**call, generator=torch.Generator().manual_seed(0)).images
-    delta, delta_full, delta_rank = (np.abs(got - expected).max(), np.abs(full - expected).max(),
-                                     np.abs(at_rank_scale - expected).max())  # fmt: skip
-    print(f"flux lora alpha 8 rank 2: adapter vs in-memory {delta:.2e}, merged folder {delta_full:.2e}, "
-          f"alpha = rank {delta_rank:.2e}")  # fmt: skip
-    assert delta_rank > 1e-3  # the alpha matters at this size: a loader that drops it is caught
-    assert delta < 1e-5 and delta_full < 1e-4
 
-    # a checkpoint remembers its LoRA settings: resuming with another alpha is refused, naming the flag
+    def edit(pipe: RewardFluxKontextPipeline) -> np.ndarray:
+        pipe.set_progress_bar_config(disable=True)
+        return pipe(**call, generator=torch.Generator().manual_seed(0)).images
+
+    base = RewardFluxKontextPipeline.from_flux_kontext(workspace / "kontext", reward_config={"reward_token_dim": 16})
+    in_memory = restore_last_dit_checkpoint(base, "flux-kontext", output, rank=2, alpha=8.0)
+    expected = edit(in_memory)
+    adapter = np.abs(edit(RewardFluxKontextPipeline.from_reward_adapter(workspace / "kontext", output / "reward_lora"))
+                     - expected).max()  # fmt: skip
+    merged = np.abs(edit(RewardFluxKontextPipeline.from_pretrained(output)) - expected).max()
+    in_memory.transformer.set_adapters(["default"], weights=[2 / 8])  # the same weights at alpha = rank
+    at_rank = np.abs(edit(in_memory) - expected).max()
+    with capsys.disabled():
+        print(f"\nflux, rank 2, alpha 8: max |delta| vs the in-memory transformer: reward_lora/ {adapter:.2e}, "
+              f"merged folder {merged:.2e}, the same LoRA at alpha = rank {at_rank:.2e}")  # fmt: skip
+    assert at_rank > 1e-3  # the alpha matters here: a loader that dropped it would be caught
+    assert adapter < 1e-5 and merged < 1e-4
+
+    # a checkpoint records its LoRA settings: resuming with another alpha is refused, naming the flag
     with pytest.raises(ValueError, match="--lora_alpha"):
         train_dit(parse_args(_argv(workspace, output, "--max_train_steps", "4", "--lora_rank", "2",
                                    "--resume_from_checkpoint", "latest")))  # fmt: skip
