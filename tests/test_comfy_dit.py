@@ -210,6 +210,48 @@ def test_v1_node_declarations():
     assert list(loader.INPUT_TYPES()["required"]) == ["model", "reward_adapter", "lora_strength"]
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"r": 4, "lora_alpha": 12.0, "rank_pattern": {"attn.to_k": 2}, "alpha_pattern": {"to_k": 3.0, "to_v": 1.0}},
+        {"r": 4, "lora_alpha": 6.0, "use_rslora": True},
+    ],
+)
+def test_lora_alpha_entries_give_comfyui_the_peft_scale_of_every_layer(settings, tmp_path, caplog):
+    """The node's ``<layer>.alpha`` entries (ComfyUI scales a layer by alpha / rank) reproduce the scale PEFT applies
+    to each layer of the trained model, patterns and rsLoRA included; no recorded settings → none (alpha = rank)."""
+    from diffusers import FluxKontextPipeline
+    from peft import LoraConfig
+    from reward_edit_pipeline.comfy_nodes.nodes_dit import lora_alpha_entries
+
+    from reward_edit_pipeline.pipelines.reward_dit_common import save_reward_adapter
+
+    torch.manual_seed(0)
+    base = FluxTransformer2DModel(**get_dummy_flux_transformer_config()).eval()
+    wrapped = RewardFluxTransformer2DModel.from_transformer(base, reward_token_dim=24).eval()
+    targets = ["attn.to_q", "attn.to_k", "attn.to_v"]
+    wrapped.add_adapter(LoraConfig(target_modules=targets, init_lora_weights=True, **settings))
+    save_reward_adapter(tmp_path / "with", FluxKontextPipeline, wrapped)
+    lora = load_file(str(tmp_path / "with" / "pytorch_lora_weights.safetensors"))
+    entries = lora_alpha_entries(str(tmp_path / "with"), lora)
+    scales = {name: module.scaling["default"] for name, module in wrapped.named_modules() if hasattr(module, "scaling")}
+    assert len(scales) == len(entries) > 0 and len(set(scales.values())) == (3 if "alpha_pattern" in settings else 1)
+    for layer, scale in scales.items():
+        rank = lora[f"transformer.{layer}.lora_A.weight"].shape[0]
+        assert entries[f"transformer.{layer}.alpha"].item() / rank == pytest.approx(scale, rel=1e-6), layer
+
+    FluxKontextPipeline.save_lora_weights(tmp_path / "old", transformer_lora_layers=lora_state_dict(wrapped))
+    with caplog.at_level("WARNING"):
+        assert lora_alpha_entries(str(tmp_path / "old"), lora) == {}
+    assert "applied with alpha = rank" in caplog.text
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    return {name: tensor.contiguous() for name, tensor in get_peft_model_state_dict(model).items()}
+
+
 def run_check_script(script: str, build: str, tmp_path: Path) -> dict:
     """Run a check script inside an unpacked ComfyUI build; its last output line is the JSON report."""
     sys.path.insert(0, str(TESTS))
