@@ -281,9 +281,12 @@ def test_patched_comfyui_flux_matches_the_library_in_comfyui_0_3_75(tmp_path):
     assert report["zero_adapter_vs_plain_max_abs"] == 0.0  # zero-init adapter: ComfyUI's output unchanged
     assert report["plain_after_unpatch_max_abs"] == 0.0
     assert report["lora_patches"] == 7  # img qkv, img proj, txt qkv per double block (2) + single-block linear1
-    for scale in ("1.0", "2.0"):
+    for scale in ("1.0", "2.0"):  # the trained adapter has LoRA alpha 12, rank 4: ComfyUI applies scale 3
         assert report[f"trained_vs_library_max_abs_scale_{scale}"] < 1e-5, report
         assert report[f"trained_vs_plain_max_abs_scale_{scale}"] > 1e-2, report
+    # the same adapter written without its LoRA settings (older trainer): alpha = rank, in ComfyUI and the library
+    assert report["old_adapter_vs_library_at_alpha_rank_max_abs"] < 1e-5, report
+    assert report["old_adapter_vs_trained_scale_max_abs"] > 1e-2, report
     assert report["other_row_reward_row0_max_abs"] == 0.0  # a row's output depends on its own reward only
     assert report["other_row_reward_row1_max_abs"] > 1e-3
     assert "Reward DiT Condition" in report["missing_condition_error"]
@@ -313,12 +316,15 @@ def test_patched_comfyui_qwen_image_matches_the_library_in_comfyui_0_3_75(tmp_pa
     assert report["plain_after_unpatch_max_abs"] == 0.0
     assert report["lora_patches"] == report["lora_targets"] == 16  # 8 attention projections × 2 blocks
     assert report["object_patches"] == 5  # time_text_embed + (norm_q, to_out.0) per block
-    for scale in ("1.0", "2.0"):
+    for scale in ("1.0", "2.0"):  # LoRA alpha 10, rank 4
         assert report[f"trained_vs_library_max_abs_scale_{scale}"] < 5e-5, report  # outputs of magnitude ~10
         assert report[f"trained_vs_plain_max_abs_scale_{scale}"] > 1e-1, report
-    # a real `reward-edit train --backbone qwen-image-edit` output (3 steps): its reward_lora/ in ComfyUI = library
+    # a real `reward-edit train --backbone qwen-image-edit --lora_rank 4 --lora_alpha 16` output (3 steps): its
+    # reward_lora/ in ComfyUI = the library's adapter loading = the trainer's merged pipeline
     assert report["train_exit_status"] == 0 and report["trainer_lora_patches"] == 16
+    assert report["trainer_lora_config"] == {"r": 4, "lora_alpha": 16.0}
     assert report["trainer_adapter_vs_library_max_abs"] < 1e-5, report
+    assert report["trainer_adapter_vs_merged_max_abs"] < 1e-5, report
     assert report["trainer_adapter_vs_plain_max_abs"] > 1e-2, report
     assert report["other_row_reward_row0_max_abs"] == 0.0  # a row's output depends on its own reward only
     assert report["other_row_reward_row1_max_abs"] > 1e-3
