@@ -47,14 +47,16 @@ from reward_edit_pipeline.models.transformer_qwenimage_reward import (
     QwenRewardAttention,
     RewardQwenImageTransformer2DModel,
 )
+from reward_edit_pipeline.pipelines.reward_dit_common import REWARD_ADAPTER_LORA_FILE, REWARD_ADAPTER_MODULES_FILE
 from reward_edit_pipeline.rewards import PERSPECTIVES, validate_score_triple
 
 #: key of the reward row in a conditioning entry's ``model_conds`` (and the diffusion model's keyword argument)
 REWARD_MODEL_COND = "reward_edit_dit"
 #: key of the wrapper in ComfyUI's ``WrappersMP.DIFFUSION_MODEL`` list
 WRAPPER_KEY = "reward_edit_dit"
-REWARD_MODULES_FILE = "reward_modules.safetensors"
-LORA_FILE = "pytorch_lora_weights.safetensors"
+#: the files of a trainer's ``reward_lora/`` folder (the library's names)
+REWARD_MODULES_FILE = REWARD_ADAPTER_MODULES_FILE
+LORA_FILE = REWARD_ADAPTER_LORA_FILE
 _NUM_SCORES = len(PERSPECTIVES)
 _HEADER = _NUM_SCORES + 1  # scores, then the reward-guidance scale
 

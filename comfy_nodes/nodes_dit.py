@@ -6,7 +6,8 @@ Qwen-Image(-Edit).
   embedded with the workflow's CLIP the way the library's pipeline for that text encoder does (`encode_failure_text`).
 - ``RewardDiTAdapterLoader`` (MODEL, trainer ``reward_lora/`` folder, LoRA strength → MODEL): reads the adapter's
   backbone from its ``config.json``, checks that the loaded model is of that backbone, applies the trainer's LoRA
-  with ComfyUI's LoRA loader and patches the model (`comfy_nodes.dit_patch`).
+  with ComfyUI's LoRA loader at its trained scale (the alpha recorded in the LoRA file's header,
+  `lora_alpha_entries`) and patches the model (`comfy_nodes.dit_patch`).
 
 V1 classes (``INPUT_TYPES``) and V3 classes (``comfy_api.v0_0_2``) share the two ``run_*`` functions below, as the
 rest of the pack does. ComfyUI modules are imported inside the functions (they exist only inside ComfyUI).
@@ -145,6 +146,31 @@ def diffusion_model_of(model: Any) -> Any:
     return get_model_object("diffusion_model") if get_model_object is not None else model.model.diffusion_model
 
 
+def lora_alpha_entries(adapter_folder: str, lora: dict[str, Any]) -> dict[str, Any]:
+    """``<layer>.alpha`` tensors for ComfyUI's LoRA loader (which scales by alpha / rank, 1 without them) that give
+    every layer of the adapter's LoRA state `lora` the scale it was trained with, from the settings the trainer
+    records in the file header (the library's `read_reward_adapter_lora_config` / `lora_layer_alphas`). None recorded
+    (an adapter written before they were): no entries, so alpha = rank, as the library's loader assumes too."""
+    import torch
+
+    from reward_edit_pipeline.pipelines.reward_dit_common import (
+        LORA_COMPONENT,
+        lora_layer_alphas,
+        read_reward_adapter_lora_config,
+    )
+
+    lora_config = read_reward_adapter_lora_config(adapter_folder)
+    if lora_config is None:
+        logger.warning("%s: the LoRA file records no settings (an older adapter); applied with alpha = rank",
+                       adapter_folder)  # fmt: skip
+        return {}
+    prefix, down = LORA_COMPONENT + ".", ".lora_A.weight"
+    ranks = {key[len(prefix) : -len(down)]: tensor.shape[0] for key, tensor in lora.items()
+             if key.startswith(prefix) and key.endswith(down)}  # fmt: skip
+    alphas = lora_layer_alphas(lora_config, ranks)
+    return {f"{prefix}{layer}.alpha": torch.tensor(alpha, dtype=torch.float32) for layer, alpha in alphas.items()}
+
+
 def run_adapter_loader(model: Any, reward_adapter: str, lora_strength: float = 1.0) -> Any:
     """``RewardDiTAdapterLoader``: a clone of `model` with the adapter's LoRA patches, object patches and wrapper.
     The backbone comes from the adapter's ``config.json``; a model of another backbone (or of none the nodes
@@ -170,6 +196,7 @@ def run_adapter_loader(model: Any, reward_adapter: str, lora_strength: float = 1
         unmatched = sorted({key.rsplit(".lora_", 1)[0] for key in lora if ".lora_" in key} - set(key_map))
         if unmatched:
             raise ValueError(f"{lora_path}: LoRA layers this model does not have: {unmatched[:5]}")
+        lora.update(lora_alpha_entries(folder, lora))
         patched.add_patches(comfy.lora.load_lora(lora, key_map), lora_strength)
     for key, value in object_patches.items():
         patched.add_object_patch(key, value)

@@ -12,6 +12,7 @@ through UNETLoader; the same ComfyUI model class is built here from a tiny confi
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,13 +32,13 @@ import comfy.utils  # noqa: E402
 import torch  # noqa: E402
 from diffusers import FluxKontextPipeline, FluxTransformer2DModel  # noqa: E402
 from peft import LoraConfig  # noqa: E402
-from peft.utils import get_peft_model_state_dict  # noqa: E402
-from reward_edit_pipeline.comfy_nodes.dit_patch import REWARD_MODEL_COND, pack_reward_condition  # noqa: E402
+from reward_edit_pipeline.comfy_nodes.dit_patch import LORA_FILE, REWARD_MODEL_COND, pack_reward_condition  # noqa: E402
 from reward_edit_pipeline.comfy_nodes.nodes_dit import run_adapter_loader  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 from reward_edit_pipeline.models.reward_dit_condition import RewardCondition  # noqa: E402
 from reward_edit_pipeline.models.transformer_flux_reward import RewardFluxTransformer2DModel  # noqa: E402
+from reward_edit_pipeline.pipelines.reward_dit_common import save_reward_adapter  # noqa: E402
 
 torch.manual_seed(0)
 LATENT_CHANNELS, HEADS, HEAD_DIM, TEXT_DIM, POOLED_DIM, DOUBLE, SINGLE = 16, 2, 16, 32, 24, 2, 1
@@ -104,19 +105,16 @@ def comfy_patcher(state: dict[str, torch.Tensor]) -> comfy.model_patcher.ModelPa
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
-def write_adapter(folder: Path, wrapped: RewardFluxTransformer2DModel, with_lora: bool) -> None:
-    """What `reward-edit train --backbone flux-kontext` writes into reward_lora/ (same calls as train/dit.py)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if with_lora:
-        lora = {name: tensor.detach().contiguous() for name, tensor in get_peft_model_state_dict(wrapped).items()}
-        FluxKontextPipeline.save_lora_weights(folder, transformer_lora_layers=lora, safe_serialization=True)
-    reward = {
-        name: tensor.detach().contiguous()
-        for name, tensor in wrapped.state_dict().items()
-        if name.startswith(("reward_conditioner.", "reward_attention."))
-    }
-    save_file(reward, str(folder / "reward_modules.safetensors"))
-    wrapped.save_config(folder)
+def write_adapter(folder: Path, wrapped: RewardFluxTransformer2DModel) -> None:
+    """What `reward-edit train --backbone flux-kontext` writes into reward_lora/ (the trainer's own writer)."""
+    save_reward_adapter(folder, FluxKontextPipeline, wrapped)
+
+
+def write_adapter_without_lora_settings(source: Path, folder: Path) -> None:
+    """`source` as the trainer wrote it before the LoRA settings went into the file header (alpha not recorded)."""
+    shutil.copytree(source, folder)
+    lora_path = folder / LORA_FILE
+    save_file(load_file(str(lora_path)), str(lora_path), metadata={"format": "pt"})
 
 
 class PooledClip:
@@ -134,7 +132,7 @@ class PooledClip:
 base = FluxTransformer2DModel(**DIFFUSERS_CONFIG).eval()
 base_state = {name: tensor.clone() for name, tensor in base.state_dict().items()}
 zero_wrapped = RewardFluxTransformer2DModel.from_transformer(base, reward_init="zero", reward_token_dim=20).eval()
-write_adapter(WORK / "zero_adapter", zero_wrapped, with_lora=False)
+write_adapter(WORK / "zero_adapter", zero_wrapped)
 
 trained = RewardFluxTransformer2DModel.from_transformer(
     FluxTransformer2DModel(**DIFFUSERS_CONFIG).eval(), reward_init="default", reward_token_dim=20
@@ -146,13 +144,15 @@ with torch.no_grad():  # a "trained" adapter: non-zero gates, global path and Lo
     for parameter in trained.reward_conditioner.parameters():
         parameter.normal_(0.0, 0.2)
 targets = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj"]
-trained.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=True))
+LORA_RANK, LORA_ALPHA = 4, 12.0  # alpha ≠ rank: ComfyUI must apply the scale 3 the model was trained with
+trained.add_adapter(LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, target_modules=targets, init_lora_weights=True))
 with torch.no_grad():
     for name, parameter in trained.named_parameters():
         if "lora_B" in name:
             parameter.normal_(0.0, 0.1)
 trained.eval()
-write_adapter(WORK / "trained_adapter", trained, with_lora=True)
+write_adapter(WORK / "trained_adapter", trained)
+write_adapter_without_lora_settings(WORK / "trained_adapter", WORK / "old_adapter")
 
 batch, height, width, text_tokens = 2, 8, 8, 5
 generator = torch.Generator().manual_seed(1)
@@ -270,6 +270,13 @@ for scale in (1.0, 2.0):
     ours = comfy_output(patched, packed_rows(scale))
     report[f"trained_vs_library_max_abs_scale_{scale}"] = (ours - library).abs().max().item()
     report[f"trained_vs_plain_max_abs_scale_{scale}"] = (ours - plain_out).abs().max().item()
+# an adapter written before the alpha was recorded: applied at alpha = rank, by ComfyUI and by the library alike
+old_patched = loader_node.execute(model=plain, reward_adapter=str(WORK / "old_adapter"), lora_strength=1.0).args[0]
+old_ours = comfy_output(old_patched, packed_rows(1.0))
+trained.set_adapters(["default"], weights=[LORA_RANK / LORA_ALPHA])
+report["old_adapter_vs_library_at_alpha_rank_max_abs"] = (old_ours - diffusers_output(trained, 1.0)).abs().max().item()
+trained.set_adapters(["default"], weights=[1.0])
+report["old_adapter_vs_trained_scale_max_abs"] = (old_ours - diffusers_output(trained, 1.0)).abs().max().item()
 changed = packed_rows(1.0)
 changed[1] = pack_reward_condition((0.0, 0.0, 0.0), failure_embeds[0], 1.0)[0]
 single = comfy_output(patched, packed_rows(1.0))

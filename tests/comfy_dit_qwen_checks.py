@@ -48,7 +48,6 @@ import comfy.text_encoders.qwen_image  # noqa: E402
 import torch  # noqa: E402
 from diffusers import FluxTransformer2DModel, QwenImageEditPipeline, QwenImageTransformer2DModel  # noqa: E402
 from peft import LoraConfig  # noqa: E402
-from peft.utils import get_peft_model_state_dict  # noqa: E402
 from reward_edit_pipeline.comfy_nodes.dit_patch import REWARD_MODEL_COND, pack_reward_condition  # noqa: E402
 from reward_edit_pipeline.comfy_nodes.nodes_dit import encode_failure_text, run_adapter_loader  # noqa: E402
 from reward_edit_pipeline.train.dit_qwen import QwenImageEditAdapter  # noqa: E402
@@ -61,6 +60,7 @@ from reward_edit_pipeline.models.reward_dit_condition import RewardCondition  # 
 from reward_edit_pipeline.models.transformer_flux_reward import RewardFluxTransformer2DModel  # noqa: E402
 from reward_edit_pipeline.models.transformer_qwenimage_reward import RewardQwenImageTransformer2DModel  # noqa: E402
 from reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit import RewardQwenImageEditPipeline  # noqa: E402
+from reward_edit_pipeline.pipelines.reward_dit_common import read_reward_adapter_lora_config, save_reward_adapter  # noqa: E402
 from reward_edit_pipeline.testing_dit import get_dummy_flux_transformer_config  # noqa: E402
 from reward_edit_pipeline.testing_qwenimage import (  # noqa: E402
     QWEN_TEXT_WIDTH,
@@ -88,19 +88,9 @@ def comfy_patcher(state: dict[str, torch.Tensor], config: dict = COMFY_CONFIG) -
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
-def write_adapter(folder: Path, wrapped: torch.nn.Module, pipeline_class: type, with_lora: bool) -> None:
-    """What `reward-edit train --backbone qwen-image-edit` writes into reward_lora/ (same calls as train/dit.py)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if with_lora:
-        lora = {name: tensor.detach().contiguous() for name, tensor in get_peft_model_state_dict(wrapped).items()}
-        pipeline_class.save_lora_weights(folder, transformer_lora_layers=lora, safe_serialization=True)
-    reward = {
-        name: tensor.detach().contiguous()
-        for name, tensor in wrapped.state_dict().items()
-        if name.startswith(("reward_conditioner.", "reward_attention."))
-    }
-    save_file(reward, str(folder / "reward_modules.safetensors"))
-    wrapped.save_config(folder)
+def write_adapter(folder: Path, wrapped: torch.nn.Module, pipeline_class: type) -> None:
+    """What `reward-edit train --backbone qwen-image-edit` writes into reward_lora/ (the trainer's own writer)."""
+    save_reward_adapter(folder, pipeline_class, wrapped)
 
 
 report: dict[str, object] = {}
@@ -124,25 +114,25 @@ report["comfy_has_zero_cond_t"] = any(
 
 # ------------------------------------------------------------------------------------------------ models and inputs
 zero_wrapped = RewardQwenImageTransformer2DModel.from_transformer(base, reward_init="zero", reward_token_dim=20).eval()
-write_adapter(WORK / "zero_adapter", zero_wrapped, QwenImageEditPipeline, with_lora=False)
+write_adapter(WORK / "zero_adapter", zero_wrapped, QwenImageEditPipeline)
 
 trained = RewardQwenImageTransformer2DModel.from_transformer(
     copy.deepcopy(base), reward_init="default", reward_token_dim=20
 )
 randomize_reward_modules(trained, seed=1, std=0.3)  # a "trained" adapter: non-zero values, global path and LoRA
 lora_targets = QwenImageEditAdapter().lora_target_modules(trained)  # the trainer's own target list
-trained.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=lora_targets, init_lora_weights=True))
+trained.add_adapter(LoraConfig(r=4, lora_alpha=10, target_modules=lora_targets, init_lora_weights=True))  # α ≠ rank
 with torch.no_grad():
     for name, parameter in trained.named_parameters():
         if "lora_B" in name:
             parameter.normal_(0.0, 0.1)
 trained.eval()
-write_adapter(WORK / "trained_adapter", trained, QwenImageEditPipeline, with_lora=True)
+write_adapter(WORK / "trained_adapter", trained, QwenImageEditPipeline)
 
 flux = RewardFluxTransformer2DModel.from_transformer(
     FluxTransformer2DModel(**get_dummy_flux_transformer_config()).eval(), reward_token_dim=20
 )
-write_adapter(WORK / "flux_adapter", flux, QwenImageEditPipeline, with_lora=False)
+write_adapter(WORK / "flux_adapter", flux, QwenImageEditPipeline)
 
 batch, height, width, text_tokens = 2, 8, 8, 5
 generator = torch.Generator().manual_seed(1)
@@ -262,7 +252,8 @@ report["train_exit_status"] = cli_main([
     "train", "--backbone", "qwen-image-edit", "--pretrained_model_name_or_path", str(stock),
     "--train_data_dir", str(WORK / "data"), "--rewards", str(WORK / "rewards.json"), "--output_dir", str(WORK / "run"),
     "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "3", "--checkpointing_steps", "100",
-    "--learning_rate", "1e-2", "--lora_rank", "4", "--reward_token_dim", "16", "--mixed_precision", "no",
+    "--learning_rate", "1e-2", "--lora_rank", "4", "--lora_alpha", "16", "--reward_token_dim", "16",
+    "--mixed_precision", "no",
     "--dataloader_num_workers", "0", "--report_to", "none",
 ])  # fmt: skip
 run_adapter = WORK / "run" / "reward_lora"
@@ -281,6 +272,11 @@ run_plain = comfy_output(stock_patcher, None, x_run, reference_run)
 report["trainer_lora_patches"] = len(run_patched.patches)
 report["trainer_adapter_vs_library_max_abs"] = (run_ours - run_library).abs().max().item()
 report["trainer_adapter_vs_plain_max_abs"] = (run_ours - run_plain).abs().max().item()
+# against the trainer's own result, which never went through the LoRA file: the saved pipeline, LoRA merged in memory
+merged_run = RewardQwenImageEditPipeline.from_pretrained(WORK / "run").transformer.eval()
+run_merged = diffusers_output(merged_run, library_condition(merged_run, 1.0), x_run, reference_run)
+report["trainer_adapter_vs_merged_max_abs"] = (run_ours - run_merged).abs().max().item()
+report["trainer_lora_config"] = {k: read_reward_adapter_lora_config(run_adapter)[k] for k in ("r", "lora_alpha")}
 
 # ------------------------------------------------------------------------------------------------ the text encoder
 library_pipe = make_dummy_qwen_edit_pipeline()

@@ -210,6 +210,48 @@ def test_v1_node_declarations():
     assert list(loader.INPUT_TYPES()["required"]) == ["model", "reward_adapter", "lora_strength"]
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"r": 4, "lora_alpha": 12.0, "rank_pattern": {"attn.to_k": 2}, "alpha_pattern": {"to_k": 3.0, "to_v": 1.0}},
+        {"r": 4, "lora_alpha": 6.0, "use_rslora": True},
+    ],
+)
+def test_lora_alpha_entries_give_comfyui_the_peft_scale_of_every_layer(settings, tmp_path, caplog):
+    """The node's ``<layer>.alpha`` entries (ComfyUI scales a layer by alpha / rank) reproduce the scale PEFT applies
+    to each layer of the trained model, patterns and rsLoRA included; no recorded settings → none (alpha = rank)."""
+    from diffusers import FluxKontextPipeline
+    from peft import LoraConfig
+    from reward_edit_pipeline.comfy_nodes.nodes_dit import lora_alpha_entries
+
+    from reward_edit_pipeline.pipelines.reward_dit_common import save_reward_adapter
+
+    torch.manual_seed(0)
+    base = FluxTransformer2DModel(**get_dummy_flux_transformer_config()).eval()
+    wrapped = RewardFluxTransformer2DModel.from_transformer(base, reward_token_dim=24).eval()
+    targets = ["attn.to_q", "attn.to_k", "attn.to_v"]
+    wrapped.add_adapter(LoraConfig(target_modules=targets, init_lora_weights=True, **settings))
+    save_reward_adapter(tmp_path / "with", FluxKontextPipeline, wrapped)
+    lora = load_file(str(tmp_path / "with" / "pytorch_lora_weights.safetensors"))
+    entries = lora_alpha_entries(str(tmp_path / "with"), lora)
+    scales = {name: module.scaling["default"] for name, module in wrapped.named_modules() if hasattr(module, "scaling")}
+    assert len(scales) == len(entries) > 0 and len(set(scales.values())) == (3 if "alpha_pattern" in settings else 1)
+    for layer, scale in scales.items():
+        rank = lora[f"transformer.{layer}.lora_A.weight"].shape[0]
+        assert entries[f"transformer.{layer}.alpha"].item() / rank == pytest.approx(scale, rel=1e-6), layer
+
+    FluxKontextPipeline.save_lora_weights(tmp_path / "old", transformer_lora_layers=lora_state_dict(wrapped))
+    with caplog.at_level("WARNING"):
+        assert lora_alpha_entries(str(tmp_path / "old"), lora) == {}
+    assert "applied with alpha = rank" in caplog.text
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    return {name: tensor.contiguous() for name, tensor in get_peft_model_state_dict(model).items()}
+
+
 def run_check_script(script: str, build: str, tmp_path: Path) -> dict:
     """Run a check script inside an unpacked ComfyUI build; its last output line is the JSON report."""
     sys.path.insert(0, str(TESTS))
@@ -239,9 +281,12 @@ def test_patched_comfyui_flux_matches_the_library_in_comfyui_0_3_75(tmp_path):
     assert report["zero_adapter_vs_plain_max_abs"] == 0.0  # zero-init adapter: ComfyUI's output unchanged
     assert report["plain_after_unpatch_max_abs"] == 0.0
     assert report["lora_patches"] == 7  # img qkv, img proj, txt qkv per double block (2) + single-block linear1
-    for scale in ("1.0", "2.0"):
+    for scale in ("1.0", "2.0"):  # the trained adapter has LoRA alpha 12, rank 4: ComfyUI applies scale 3
         assert report[f"trained_vs_library_max_abs_scale_{scale}"] < 1e-5, report
         assert report[f"trained_vs_plain_max_abs_scale_{scale}"] > 1e-2, report
+    # the same adapter written without its LoRA settings (older trainer): alpha = rank, in ComfyUI and the library
+    assert report["old_adapter_vs_library_at_alpha_rank_max_abs"] < 1e-5, report
+    assert report["old_adapter_vs_trained_scale_max_abs"] > 1e-2, report
     assert report["other_row_reward_row0_max_abs"] == 0.0  # a row's output depends on its own reward only
     assert report["other_row_reward_row1_max_abs"] > 1e-3
     assert "Reward DiT Condition" in report["missing_condition_error"]
@@ -271,12 +316,15 @@ def test_patched_comfyui_qwen_image_matches_the_library_in_comfyui_0_3_75(tmp_pa
     assert report["plain_after_unpatch_max_abs"] == 0.0
     assert report["lora_patches"] == report["lora_targets"] == 16  # 8 attention projections × 2 blocks
     assert report["object_patches"] == 5  # time_text_embed + (norm_q, to_out.0) per block
-    for scale in ("1.0", "2.0"):
+    for scale in ("1.0", "2.0"):  # LoRA alpha 10, rank 4
         assert report[f"trained_vs_library_max_abs_scale_{scale}"] < 5e-5, report  # outputs of magnitude ~10
         assert report[f"trained_vs_plain_max_abs_scale_{scale}"] > 1e-1, report
-    # a real `reward-edit train --backbone qwen-image-edit` output (3 steps): its reward_lora/ in ComfyUI = library
+    # a real `reward-edit train --backbone qwen-image-edit --lora_rank 4 --lora_alpha 16` output (3 steps): its
+    # reward_lora/ in ComfyUI = the library's adapter loading = the trainer's merged pipeline
     assert report["train_exit_status"] == 0 and report["trainer_lora_patches"] == 16
+    assert report["trainer_lora_config"] == {"r": 4, "lora_alpha": 16.0}
     assert report["trainer_adapter_vs_library_max_abs"] < 1e-5, report
+    assert report["trainer_adapter_vs_merged_max_abs"] < 1e-5, report
     assert report["trainer_adapter_vs_plain_max_abs"] > 1e-2, report
     assert report["other_row_reward_row0_max_abs"] == 0.0  # a row's output depends on its own reward only
     assert report["other_row_reward_row1_max_abs"] > 1e-3

@@ -14,13 +14,14 @@ from reward_edit_pipeline.train.data import SkipCounter  # noqa: E402
 from reward_edit_pipeline.train.dit import BACKBONES, TRAINABLE_FILE, train_dit  # noqa: E402
 from reward_edit_pipeline.train.sources import load_training_examples  # noqa: E402
 from safetensors.torch import load_file
-from training_data import write_official_rewards, write_triplet_folder  # noqa: E402
+from training_data import restore_last_dit_checkpoint, write_official_rewards, write_triplet_folder  # noqa: E402
 
 from reward_edit_pipeline.cli import main as cli_main  # noqa: E402
 from reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit import (  # noqa: E402
     RewardQwenImageEditPipeline,
     RewardQwenImageEditPlusPipeline,
 )
+from reward_edit_pipeline.pipelines.reward_dit_common import read_reward_adapter_lora_config  # noqa: E402
 from reward_edit_pipeline.testing_qwenimage import (  # noqa: E402
     TINY_REFERENCE_AREA,
     dummy_qwen_edit_call_kwargs,
@@ -127,3 +128,34 @@ def test_resume_continues_exactly_on_the_plus_layout(workspace, tmp_path):
     assert summary["losses"] == straight_losses
     reloaded = RewardQwenImageEditPlusPipeline.from_pretrained(resumed)
     assert reloaded.transformer.config.zero_cond_t
+
+
+def test_lora_alpha_other_than_the_rank_travels_with_the_adapter(workspace, tmp_path, capsys):
+    output = tmp_path / "run"
+    train_dit(parse_args(_argv(workspace, output, "--max_train_steps", "3", "--lora_rank", "2", "--lora_alpha", "8")))
+    lora_config = read_reward_adapter_lora_config(output / "reward_lora")
+    assert lora_config is not None and (lora_config["r"], lora_config["lora_alpha"]) == (2, 8.0)
+
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (32, 32, 3), dtype=np.uint8))
+    call = dict(image=image, prompt="invert the red", reward_scores=(4, 2, 5), **dummy_qwen_edit_call_kwargs())
+
+    def edit(pipe) -> np.ndarray:
+        pipe.set_progress_bar_config(disable=True)
+        pipe.vae_image_area = TINY_REFERENCE_AREA
+        return pipe(**call, generator=torch.Generator().manual_seed(0)).images
+
+    base = RewardQwenImageEditPipeline.from_qwen_image_edit(
+        workspace / "qwen-edit", reward_config={"reward_token_dim": 16}
+    )
+    in_memory = restore_last_dit_checkpoint(base, "qwen-image-edit", output, rank=2, alpha=8.0)
+    expected = edit(in_memory)
+    adapted = RewardQwenImageEditPipeline.from_reward_adapter(workspace / "qwen-edit", output / "reward_lora")
+    adapter = np.abs(edit(adapted) - expected).max()
+    merged = np.abs(edit(RewardQwenImageEditPipeline.from_pretrained(output)) - expected).max()
+    in_memory.transformer.set_adapters(["default"], weights=[2 / 8])  # the same weights at alpha = rank
+    at_rank = np.abs(edit(in_memory) - expected).max()
+    with capsys.disabled():
+        print(f"\nqwen-image-edit, rank 2, alpha 8: max |delta| vs the in-memory transformer: reward_lora/ "
+              f"{adapter:.2e}, merged folder {merged:.2e}, the same LoRA at alpha = rank {at_rank:.2e}")  # fmt: skip
+    assert at_rank > 1e-3  # the alpha matters here: a loader that dropped it would be caught
+    assert adapter < 1e-5 and merged < 1e-4

@@ -46,3 +46,24 @@ def write_official_rewards(path: Path, keys: list[str], seed: int = 0) -> Path:
         ]
     path.write_text(json.dumps(records), encoding="utf-8")
     return path
+
+
+def restore_last_dit_checkpoint(pipe, backbone: str, run: Path, rank: int, alpha: float):
+    """`pipe` (a base-wrapped reward DiT pipeline) as the trainer held it at the end of the run in `run`: the trainer's
+    own LoRA set-up (`setup_trainable` with this rank and alpha) and the last checkpoint's trainable weights, LoRA
+    unmerged at PEFT's own scale. Returns `pipe`, in eval mode."""
+    import torch
+    from reward_edit_pipeline.train.dit import BACKBONES, TRAINABLE_FILE, list_dit_checkpoints, setup_trainable
+    from safetensors.torch import load_file
+
+    setup_trainable(pipe.transformer, BACKBONES[backbone], rank, alpha)
+    _, folder = list_dit_checkpoints(str(run))[-1]
+    weights = load_file(Path(folder) / TRAINABLE_FILE)
+    parameters = dict(pipe.transformer.named_parameters())
+    assert set(weights) == {name for name, parameter in parameters.items() if parameter.requires_grad}
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            parameters[name].copy_(tensor)
+    pipe.transformer.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -46,7 +46,8 @@ ADAPTER_FOLDER = "reward_lora"
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
-REWARD_MODULES_FILE = "reward_modules.safetensors"  # = pipeline_reward_flux_kontext.REWARD_MODULES_FILE
+#: the PEFT settings a checkpoint records (in state.json) and a resuming run must match
+CHECKPOINT_LORA_SETTINGS: tuple[str, ...] = ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules")
 
 
 def add_dit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -245,15 +246,36 @@ def save_dit_checkpoint(folder: str, transformer: Any, optimizer: Any, generator
             optimizer_tensors[f"{names[index]}::{key}"] = value.detach().contiguous()
     save_file(optimizer_tensors, os.path.join(temporary, OPTIMIZER_FILE))
     with open(os.path.join(temporary, STATE_FILE), "w", encoding="utf-8") as handle:
-        json.dump({"global_step": state.global_step, "losses": state.losses}, handle)
+        json.dump(
+            {"global_step": state.global_step, "losses": state.losses, "lora": lora_settings(transformer)}, handle
+        )
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(temporary, folder)
+
+
+def lora_settings(transformer: Any) -> dict[str, Any]:
+    """The LoRA settings a checkpoint must share with the run that resumes it (rank, alpha, patterns, targets)."""
+    from reward_edit_pipeline.pipelines.reward_dit_common import lora_adapter_metadata
+
+    metadata = lora_adapter_metadata(transformer)
+    return {name: metadata.get(name) for name in CHECKPOINT_LORA_SETTINGS}
 
 
 def load_dit_checkpoint(folder: str, transformer: Any, optimizer: Any, generator: Any) -> DitTrainingState:
     import torch
     from safetensors.torch import load_file
 
+    with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as handle:
+        state = json.load(handle)
+    saved, current = state.get("lora"), lora_settings(transformer)
+    if saved is None:
+        logger.info("checkpoint %s records no LoRA settings (an older run); resuming with this run's", folder)
+    elif saved != current:
+        differing = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
+        raise ValueError(
+            f"checkpoint {folder!r} was trained with other LoRA settings {{setting: (checkpoint, this run)}}: "
+            f"{differing}; resume with the same --lora_rank and --lora_alpha"
+        )
     trainable = _trainable_parameters(transformer)
     weights = load_file(os.path.join(folder, TRAINABLE_FILE))
     if set(weights) != set(trainable):
@@ -271,8 +293,6 @@ def load_dit_checkpoint(folder: str, transformer: Any, optimizer: Any, generator
             optimizer.state[parameter] = {
                 key: value.to(parameter.device) if key != "step" else value for key, value in entry.items()
             }
-    with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as handle:
-        state = json.load(handle)
     return DitTrainingState(global_step=state["global_step"], losses=list(state["losses"]))
 
 
@@ -306,8 +326,8 @@ def setup_trainable(transformer: Any, adapter: DitBackboneAdapter, rank: int, al
 def train_dit(args: argparse.Namespace, step_callback: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run a DiT reward training (see the module docstring); returns a summary (also written as `summary.json`)."""
     import torch
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
+
+    from reward_edit_pipeline.pipelines.reward_dit_common import save_reward_adapter
 
     from .data import SkipCounter
     from .sources import load_training_examples
@@ -395,15 +415,7 @@ def train_dit(args: argparse.Namespace, step_callback: Callable[[int], None] | N
     transformer.eval()
     adapter_dir = os.path.join(args.output_dir, ADAPTER_FOLDER)
     os.makedirs(adapter_dir, exist_ok=True)
-    lora_state = {name: tensor.detach().contiguous() for name, tensor in get_peft_model_state_dict(transformer).items()}
-    type(pipe).save_lora_weights(adapter_dir, transformer_lora_layers=lora_state, safe_serialization=True)
-    reward_state = {
-        name: tensor.detach().contiguous()
-        for name, tensor in transformer.state_dict().items()
-        if name.startswith(("reward_conditioner.", "reward_attention."))
-    }
-    save_file(reward_state, os.path.join(adapter_dir, REWARD_MODULES_FILE))
-    transformer.save_config(adapter_dir)
+    save_reward_adapter(adapter_dir, type(pipe), transformer)  # LoRA with its alpha, reward modules, config
     transformer.fuse_lora(lora_scale=1.0)
     transformer.unload_lora()
     if weight_dtype != torch.float32:  # the trained float32 weights join the base's dtype in the saved pipeline

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -262,6 +264,12 @@ def run_edit(
 # ---------------------------------------------------------------------------------------------- trained adapters
 #: written by `reward-edit train --backbone ...` into `<output_dir>/reward_lora/` next to the LoRA
 REWARD_ADAPTER_MODULES_FILE = "reward_modules.safetensors"
+#: the LoRA of the transformer in diffusers' format (diffusers' default LoRA file name)
+REWARD_ADAPTER_LORA_FILE = "pytorch_lora_weights.safetensors"
+#: the safetensors header key under which diffusers stores a LoRA's PEFT settings (`diffusers.loaders.lora_base`),
+#: each setting written `<component>.<setting>`; the reward adapters hold the transformer's only
+LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+LORA_COMPONENT = "transformer"
 REWARD_ADAPTER_CONFIG_KEYS: tuple[str, ...] = (
     "failure_text_embed_dim",
     "reward_num_scores",
@@ -281,6 +289,92 @@ def read_reward_adapter_config(adapter_folder: str | os.PathLike) -> dict[str, A
     with open(config_path, encoding="utf-8") as handle:
         adapter_config = json.load(handle)
     return {name: adapter_config[name] for name in REWARD_ADAPTER_CONFIG_KEYS if name in adapter_config}
+
+
+def lora_adapter_metadata(transformer: Any, adapter_name: str = "default") -> dict[str, Any]:
+    """The PEFT settings (`LoraConfig.to_dict()`: rank, `lora_alpha`, patterns, targets, ...) of `transformer`'s LoRA
+    `adapter_name`, JSON-ready: what a LoRA file must carry so that a loader applies it at the trained scale."""
+    settings = transformer.peft_config[adapter_name].to_dict()
+    return {name: sorted(value) if isinstance(value, set) else value for name, value in settings.items()}
+
+
+def save_reward_adapter(folder: str | os.PathLike, pipeline_class: type, transformer: Any) -> None:
+    """Write a reward adapter folder (`<output_dir>/reward_lora/` of `reward-edit train --backbone ...`): the
+    transformer's LoRA, when it has one, in diffusers' format through `pipeline_class.save_lora_weights` with its
+    settings (`lora_adapter_metadata`) in the file header; the reward modules (`reward_modules.safetensors`); the
+    transformer's config (`config.json`: class and reward settings)."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    if getattr(transformer, "peft_config", None):
+        lora_state = {
+            name: tensor.detach().contiguous() for name, tensor in get_peft_model_state_dict(transformer).items()
+        }
+        pipeline_class.save_lora_weights(
+            folder,
+            transformer_lora_layers=lora_state,
+            transformer_lora_adapter_metadata=lora_adapter_metadata(transformer),
+            weight_name=REWARD_ADAPTER_LORA_FILE,
+            safe_serialization=True,
+        )
+    reward_state = {
+        name: tensor.detach().contiguous()
+        for name, tensor in transformer.state_dict().items()
+        if name.startswith(("reward_conditioner.", "reward_attention."))
+    }
+    save_file(reward_state, os.path.join(folder, REWARD_ADAPTER_MODULES_FILE))
+    transformer.save_config(folder)
+
+
+def read_reward_adapter_lora_config(adapter_folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The transformer LoRA's PEFT settings recorded in the header of `<adapter_folder>/pytorch_lora_weights.safetensors`
+    (the keys `save_reward_adapter` writes), or `None` when the header records none: adapters written before the
+    alpha was saved, which every loader applies with alpha = rank (scale 1)."""
+    from safetensors import safe_open
+
+    path = os.path.join(os.fspath(adapter_folder), REWARD_ADAPTER_LORA_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`adapter_folder` {os.fspath(adapter_folder)!r} has no {REWARD_ADAPTER_LORA_FILE}")
+    with safe_open(path, framework="pt") as handle:
+        raw = (handle.metadata() or {}).get(LORA_ADAPTER_METADATA_KEY)
+    if not raw:
+        return None
+    try:
+        packed = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: the {LORA_ADAPTER_METADATA_KEY!r} header entry is not JSON ({error})") from error
+    prefix = LORA_COMPONENT + "."
+    settings = {name[len(prefix) :]: value for name, value in packed.items() if name.startswith(prefix)}
+    return settings or None
+
+
+def _pattern_value(patterns: dict[str, Any], layer: str, default: Any) -> Any:
+    """PEFT's per-layer override: the value of the first pattern (a regular expression) that matches the whole
+    layer name or its trailing dotted part."""
+    for pattern, value in patterns.items():
+        if re.fullmatch(rf"(?:.*\.)?(?:{pattern})", layer):
+            return value
+    return default
+
+
+def lora_layer_alphas(lora_config: dict[str, Any], layer_ranks: dict[str, int]) -> dict[str, float]:
+    """Each LoRA layer's alpha in the `scale = alpha / rank` convention of kohya-style `<layer>.alpha` tensors
+    (ComfyUI's LoRA loader), such that it reproduces PEFT's scale for that layer: `lora_alpha` (or its `alpha_pattern`
+    entry) over the rank (its `rank_pattern` entry; the square root with `use_rslora`). `layer_ranks` maps layer names
+    relative to the transformer to the rank of their LoRA tensors, which must agree with `lora_config`."""
+    if lora_config.get("use_dora"):
+        raise ValueError("DoRA adapters (`use_dora`) are not supported; the reward trainers write plain LoRA")
+    alphas = {}
+    for layer, tensor_rank in layer_ranks.items():
+        rank = _pattern_value(lora_config.get("rank_pattern") or {}, layer, lora_config["r"])
+        if rank != tensor_rank:
+            raise ValueError(f"LoRA layer {layer!r} has rank {tensor_rank}, its recorded settings say {rank}")
+        alpha = _pattern_value(lora_config.get("alpha_pattern") or {}, layer, lora_config["lora_alpha"])
+        scale = alpha / math.sqrt(rank) if lora_config.get("use_rslora") else alpha / rank
+        alphas[layer] = scale * tensor_rank
+    return alphas
 
 
 def load_reward_adapter_into(pipe: Any, adapter_folder: str | os.PathLike) -> None:
@@ -317,8 +411,13 @@ def load_reward_adapter_into(pipe: Any, adapter_folder: str | os.PathLike) -> No
             f"{sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}"
         )
     transformer.load_state_dict(state, strict=False)
-    if os.path.isfile(os.path.join(folder, "pytorch_lora_weights.safetensors")):
-        pipe.load_lora_weights(folder)
+    if os.path.isfile(os.path.join(folder, REWARD_ADAPTER_LORA_FILE)):
+        if read_reward_adapter_lora_config(folder) is None:
+            logger.warning(
+                "%s records no LoRA settings (written before the trainer saved them): applied with alpha = rank",
+                os.path.join(folder, REWARD_ADAPTER_LORA_FILE),
+            )
+        pipe.load_lora_weights(folder, weight_name=REWARD_ADAPTER_LORA_FILE)
 
 
 def batch_size_from_prompt(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None) -> int:
