@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
     import tomli as tomllib
 
 from comfyui_harness import FakeComfyUI, fake_folder_paths
+from comfyui_workflows import FRONTEND_ONLY_NODES, workflow_problems
 from reward_edit_pipeline.comfy_nodes import NODE_API, NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from reward_edit_pipeline.comfy_nodes import runtime as comfy_runtime
 from reward_edit_pipeline.comfy_nodes.core import (
@@ -600,30 +601,42 @@ def test_comfyignore_keeps_tests_and_training_data_out_of_the_registry_package()
 
 
 # ------------------------------------------------------------------------------------------------ example workflows
-SOCKET_TYPES = {"IMAGE", "REWARD_EDIT_PIPE", "REWARD_CONDITION"}
+SOCKET_TYPES = {"IMAGE", "REWARD_EDIT_PIPE", "REWARD_CONDITION", "CONDITIONING", "CLIP", "MODEL"}
+EXAMPLE_WORKFLOWS = ["reward_edit", "reward_edit_judge", "reward_flux_kontext", "reward_qwen_image_edit"]
+DIT_EXAMPLE_WORKFLOWS = ["reward_flux_kontext", "reward_qwen_image_edit"]  # need ComfyUI >= 0.3.75
 
 
 def _widget_values(node: type, api_inputs: dict) -> list:
     """The ``widgets_values`` a UI-format workflow stores for `node`: widget inputs in order (sockets skipped), plus
     the frontend's "control after generate" value after a seed."""
     values = []
-    for name, (kind, options) in v1_inputs(node).items():
+    for name, (kind, *rest) in v1_inputs(node).items():
         if isinstance(kind, str) and kind in SOCKET_TYPES:
             continue
+        options = rest[0] if rest else {}
         values.append(api_inputs[name])
         if options.get("control_after_generate"):
             values.append("fixed")
     return values
 
 
-@pytest.mark.parametrize("name", ["reward_edit", "reward_edit_judge"])
-def test_ui_and_api_example_workflows_agree_with_each_other_and_the_nodes(name, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "folder_paths", fake_folder_paths(tmp_path))
+def _example(name: str) -> tuple[dict, dict]:
+    """The UI-format example workflow and its API-format twin."""
     ui = json.loads((REPO_ROOT / "example_workflows" / f"{name}.json").read_text())
     api = json.loads((REPO_ROOT / "example_workflows" / "api" / f"{name}.json").read_text())
-    assert {str(node["id"]): node["type"] for node in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}
+    return ui, api
+
+
+@pytest.mark.parametrize("name", EXAMPLE_WORKFLOWS)
+def test_ui_and_api_example_workflows_agree_with_each_other_and_the_nodes(name, monkeypatch, tmp_path):
+    """Same nodes and links in both formats; the pack's nodes get exactly their declared inputs. (The core nodes'
+    declarations are checked against a running ComfyUI 0.3.75 in `test_comfyui_e2e.py`.)"""
+    monkeypatch.setitem(sys.modules, "folder_paths", fake_folder_paths(tmp_path))
+    ui, api = _example(name)
+    server_nodes = [node for node in ui["nodes"] if node["type"] not in FRONTEND_ONLY_NODES]  # Note: UI only
+    assert {str(node["id"]): node["type"] for node in server_nodes} == {k: v["class_type"] for k, v in api.items()}
     ui_links = {link[0]: link for link in ui["links"]}
-    for node in ui["nodes"]:
+    for node in server_nodes:
         api_inputs = api[str(node["id"])]["inputs"]
         if node["type"] in NODE_CLASS_MAPPINGS:
             node_class = NODE_CLASS_MAPPINGS[node["type"]]
@@ -632,7 +645,132 @@ def test_ui_and_api_example_workflows_agree_with_each_other_and_the_nodes(name, 
         for ui_input in node.get("inputs", []):
             _, source, slot, target, _, _ = ui_links[ui_input["link"]]
             assert api_inputs[ui_input["name"]] == [str(source), slot] and target == node["id"]
+        if "title" in node:
+            assert node["title"] == api[str(node["id"])]["_meta"]["title"]
     assert "key" not in json.dumps(api).lower()
+
+
+def _source(api: dict, link: list) -> dict:
+    return api[link[0]]
+
+
+def _model_chain(api: dict, node_id: str) -> list[str]:
+    """The node types from a KSampler's model input back to its loader."""
+    chain = []
+    link = api[node_id]["inputs"]["model"]
+    while True:
+        node = _source(api, link)
+        chain.append(node["class_type"])
+        if "model" not in node["inputs"]:
+            return chain
+        link = node["inputs"]["model"]
+
+
+@pytest.mark.parametrize("name", DIT_EXAMPLE_WORKFLOWS)
+def test_dit_example_workflows_follow_the_reward_rule_of_the_nodes(name):
+    """The graphs of docs/comfyui.md: the sampled model goes through Reward DiT Adapter Loader; every conditioning
+    the model samples with carries a Reward DiT Condition (the negative only may skip it, and only at CFG 1, where
+    ComfyUI does not evaluate it), whose CLIP is the text encoder's; the note names the files, the reward_lora/
+    folder and ComfyUI >= 0.3.75."""
+    ui, api = _example(name)
+    (sampler_id,) = [k for k, v in api.items() if v["class_type"] == "KSampler"]
+    sampler = api[sampler_id]["inputs"]
+    assert "RewardDiTAdapterLoader" in _model_chain(api, sampler_id)
+    assert _model_chain(api, sampler_id)[-1] == "UNETLoader"
+    positive = _source(api, sampler["positive"])
+    negative = _source(api, sampler["negative"])
+    assert positive["class_type"] == "RewardDiTCondition"
+    assert negative["class_type"] == "RewardDiTCondition" or sampler["cfg"] == 1.0
+    for condition in (positive, negative):
+        if condition["class_type"] != "RewardDiTCondition":
+            continue
+        text_encoder = _source(api, condition["inputs"]["conditioning"])
+        while "clip" not in text_encoder["inputs"]:  # FluxGuidance / ReferenceLatent sit between
+            text_encoder = _source(api, text_encoder["inputs"]["conditioning"])
+        assert condition["inputs"]["clip"] == text_encoder["inputs"]["clip"]  # the workflow's own text encoder
+        assert {k: condition["inputs"][k] for k in ("following", "preserving", "quality")} == {
+            k: positive["inputs"][k] for k in ("following", "preserving", "quality")
+        }
+    adapter = next(v for v in api.values() if v["class_type"] == "RewardDiTAdapterLoader")
+    assert adapter["inputs"]["reward_adapter"].endswith("/reward_lora")
+    (note,) = [node["widgets_values"][0] for node in ui["nodes"] if node["type"] == "Note"]
+    assert "ComfyUI >= 0.3.75" in note and "reward_lora/" in note
+    for node in api.values():
+        for key in ("unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name"):
+            if key in node["inputs"]:
+                assert node["inputs"][key] in note, key  # the note says where each model file goes
+
+
+def _object_info_for_checker_tests() -> dict:
+    """A small ``/object_info`` in ComfyUI 0.3.75's shapes (legacy list combos, V3 ``COMBO``, sockets, seed control,
+    image upload) for `comfyui_workflows.workflow_problems`."""
+    return {
+        "LoadImage": {
+            "input": {"required": {"image": [["a.png"], {"image_upload": True}]}},
+            "input_order": {"required": ["image"]},
+            "output": ["IMAGE", "MASK"],
+        },
+        "Scale": {
+            "input": {
+                "required": {
+                    "image": ["IMAGE", {}],
+                    "method": ["COMBO", {"options": ["area", "lanczos"]}],
+                    "megapixels": ["FLOAT", {"min": 0.01, "max": 16.0}],
+                    "seed": ["INT", {"min": 0, "max": 10, "control_after_generate": True}],
+                }
+            },
+            "input_order": {"required": ["image", "method", "megapixels", "seed"]},
+            "output": ["IMAGE"],
+        },
+        "Save": {"input": {"required": {"images": ["IMAGE", {}]}}, "output": []},
+    }
+
+
+def _checker_workflow() -> tuple[dict, dict]:
+    ui = {
+        "nodes": [
+            {"id": 1, "type": "LoadImage", "inputs": [], "outputs": [{"type": "IMAGE"}, {"type": "MASK"}],
+             "widgets_values": ["a.png", "image"]},
+            {"id": 2, "type": "Scale", "inputs": [{"name": "image", "type": "IMAGE", "link": 1}],
+             "outputs": [{"type": "IMAGE"}], "widgets_values": ["area", 1.0, 3, "fixed"]},
+            {"id": 3, "type": "Save", "inputs": [{"name": "images", "type": "IMAGE", "link": 2}], "outputs": []},
+            {"id": 4, "type": "Note", "widgets_values": ["text"]},
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"]],
+    }  # fmt: skip
+    api = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+        "2": {"class_type": "Scale", "inputs": {"image": ["1", 0], "method": "area", "megapixels": 1.0, "seed": 3}},
+        "3": {"class_type": "Save", "inputs": {"images": ["2", 0]}},
+    }
+    return ui, api
+
+
+@pytest.mark.parametrize(
+    "break_it, expected",
+    [
+        (lambda ui, api: None, None),
+        (lambda ui, api: api["2"]["inputs"].update(method="bicubic"), "'bicubic' is not one of"),
+        (lambda ui, api: api["2"]["inputs"].update(megapixels=20.0), "outside [0.01, 16.0]"),
+        (lambda ui, api: api["2"]["inputs"].update(seed=1.5), "1.5 is not INT"),
+        (lambda ui, api: api["1"]["inputs"].update(image="b.png"), "'b.png' is not one of"),
+        (lambda ui, api: api["3"]["inputs"].update(images=["1", 1]), "linked to an output of type MASK"),
+        (lambda ui, api: api["2"]["inputs"].pop("method"), "required inputs missing: ['method']"),
+        (lambda ui, api: ui["nodes"][1].update(widgets_values=[1.0, "area", 3, "fixed"]), "widgets_values"),
+        (lambda ui, api: ui["nodes"][1].update(widgets_values=["area", 1.0, 3, "often"]), "widgets_values"),
+        (lambda ui, api: ui["links"][0].__setitem__(5, "MASK"), "link 1: MASK"),
+        (lambda ui, api: [n.update(type="Scale2") for n in ui["nodes"] if n["id"] == 2], "different nodes"),
+        (lambda ui, api: (api["2"].update(class_type="Scale2"), ui["nodes"][1].update(type="Scale2")), "Scale2"),
+    ],
+)
+def test_the_workflow_checker_reports_what_comfyui_would_refuse(break_it, expected):
+    ui, api = _checker_workflow()
+    break_it(ui, api)
+    problems = workflow_problems(ui, api, _object_info_for_checker_tests())
+    if expected is None:
+        assert problems == []
+    else:
+        assert any(expected in problem for problem in problems), problems
 
 
 def test_a_hub_id_that_is_also_a_local_path_is_refused(tmp_path, monkeypatch):

