@@ -24,8 +24,14 @@ from ..devices import diffusers_dtype_kwarg, normalize_dtype_kwarg
 from ..downloads import DOWNLOAD_KWARGS, PIPELINE_ALLOW_PATTERNS, download_pipeline_files
 from ..images import DEFAULT_MAX_IMAGE_PIXELS, array_to_float, check_image_pixels, pil_to_array
 from ..models.unet_2d_reward import RewardUNet2DConditionModel
-from ..rewards import BEST_SCORES, parse_reward_scores
-from .reward_dit_common import resolve_failure_texts
+from ..rewards import BEST_SCORES
+from .reward_dit_common import (
+    FailureTextInput,
+    ScoreInput,
+    prepare_reward_inputs,
+    prepare_reward_scores,
+    resolve_failure_texts,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -114,9 +120,6 @@ EXAMPLE_DOC_STRING = """
         ...               failure_text=("the sky is unchanged", None, None)).images[0]
         ```
 """
-
-ScoreInput = Sequence[float] | Sequence[Sequence[float]] | torch.Tensor | np.ndarray
-FailureTextInput = str | tuple[str | None, ...] | list[str | tuple[str | None, ...] | None] | None
 
 
 class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
@@ -289,8 +292,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         """Validate `reward_scores` (`reward_edit_pipeline.rewards.parse_reward_scores`: a triple, a text such as
         ``"5,5,5"``, a list of triples, or an array/tensor `[3]`/`[B, 3]`, values in [0, 5]) and return a float32
         `[batch_size, 3]` tensor (one triple is broadcast)."""
-        rows = parse_reward_scores(reward_scores, batch_size=batch_size, name="reward_scores")
-        return torch.tensor(rows, dtype=torch.float32)
+        return prepare_reward_scores(reward_scores, batch_size)
 
     def prepare_failure_texts(self, failure_text: FailureTextInput, batch_size: int) -> list[str]:
         """Resolve `failure_text` to one string per prompt with `reward_edit_pipeline.rewards.resolve_failure_text`
@@ -573,16 +575,11 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
             prompt_embeds,
             output_type,
         )
-        use_null_reward = reward_scores is None
-        if use_null_reward:
-            if failure_text is not None or reward_guidance_scale > 1.0:
-                raise ValueError(
-                    "`reward_scores=None` selects the null reward condition: it takes no `failure_text` and no "
-                    "`reward_guidance_scale` > 1"
-                )
-            reward_scores = BEST_SCORES  # placeholder values, masked out by the null condition
-        reward_scores = self.prepare_reward_scores(reward_scores, batch_size)
-        failure_texts = self.prepare_failure_texts(failure_text, batch_size)
+        reward_inputs = prepare_reward_inputs(
+            reward_scores, failure_text, reward_guidance_scale, batch_size, self.unet.config.no_failure_text
+        )
+        reward_scores, failure_texts = reward_inputs.reward_scores, reward_inputs.failure_texts
+        use_null_reward, reward_guidance_scale = reward_inputs.use_null_reward, reward_inputs.reward_guidance_scale
 
         # 1. Define call parameters
         self._guidance_scale = guidance_scale
