@@ -464,6 +464,31 @@ def test_cli_edit_with_rewards(saved_folder, image, tmp_path):
     assert outputs[0].shape == (32, 32, 3) and np.abs(outputs[0].astype(int) - outputs[1].astype(int)).max() > 0
 
 
+def test_cli_edit_when_the_llm_cannot_emit_the_image_tokens(tmp_path, image, capsys):
+    """A folder that generates by default (as a converted release) whose LLM does not emit the image tokens: the CLI
+    exits 2 naming what to do without Python (the folder's bridge/config.json), and doing it makes the edit run."""
+    import PIL.Image
+
+    from reward_edit_pipeline.cli import main
+
+    components = get_dummy_smartedit_components()
+    components["bridge"] = get_dummy_bridge(llm_generate=True, llm_max_new_tokens=1)  # 1 < the 4 image tokens
+    folder = tmp_path / "generating"
+    RewardSmartEditPipeline(**components).save_pretrained(folder)
+    photo = tmp_path / "photo.png"
+    PIL.Image.fromarray(image).save(photo)
+    argv = ["edit", str(photo), "make the sky red", "-o", str(tmp_path / "out.png"), "--model", str(folder)]
+    argv += ["--steps", "1", "--device", "cpu"]
+    assert main(argv) == 2
+    message = capsys.readouterr().err
+    assert "emitted 0 of the 4 image tokens" in message and '"llm_generate": false' in message
+    assert "bridge/config.json" in message and not (tmp_path / "out.png").exists()
+    config_path = folder / "bridge" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "llm_generate": False}))
+    assert main(argv) == 0 and (tmp_path / "out.png").is_file()
+
+
 def test_comfyui_edit_node_on_a_smartedit_folder(saved_folder, image):
     """The ComfyUI loader goes through `load_pipeline` (which dispatches on the folder's layout); the edit node's
     `edit_images` runs the SmartEdit pipeline unchanged."""

@@ -9,6 +9,7 @@ UNet (`reward_init="zero"`) it is plain SmartEdit.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -334,6 +335,8 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         """Greedy decoding from `inputs_embeds` `[1, L, D]`; returns the states `[1, N, D]` of the fed-back image
         tokens (SmartEdit keeps any token of its image range, in the order emitted)."""
         image_id_set = set(image_ids)
+        # the key/value cache's name: `cache` from transformers 5.x on (`past_key_values` is deprecated there)
+        cache_name = "cache" if "cache" in inspect.signature(self.llm.model.forward).parameters else "past_key_values"
         output = self.llm.model(inputs_embeds=inputs_embeds, use_cache=True)
         kept, emitted = [], []
         for _ in range(max_new_tokens):
@@ -343,8 +346,8 @@ class RewardSmartEditPipeline(RewardEditPipeline):
                 break
             output = self.llm.model(
                 input_ids=torch.tensor([[token]], device=inputs_embeds.device),
-                past_key_values=output.past_key_values,
                 use_cache=True,
+                **{cache_name: getattr(output, cache_name)},
             )
             if token in image_id_set:
                 kept.append(output.last_hidden_state)
@@ -355,7 +358,8 @@ class RewardSmartEditPipeline(RewardEditPipeline):
             f"the LLM {ended} after {len(emitted)} generated tokens having emitted {len(kept)} of the "
             f"{len(image_ids)} image tokens (`llm_max_new_tokens`={max_new_tokens}); generated: "
             f"{self.llm_tokenizer.decode(emitted[:64])!r}. Use `llm_generate=False` (teacher forcing) or a larger "
-            "`llm_max_new_tokens`"
+            "`llm_max_new_tokens` in the call, or set them as the folder's default in bridge/config.json "
+            '(`"llm_generate": false`), which `reward-edit edit` and the ComfyUI nodes use'
         )
 
     def null_text_condition(self, device: torch.device) -> torch.Tensor:
