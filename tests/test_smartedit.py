@@ -422,6 +422,25 @@ def test_save_and_load_with_rewards(tmp_path, pipe, image):
     np.testing.assert_allclose(_edit(loaded, image, **kwargs), _edit(pipe, image, **kwargs), atol=1e-6)
 
 
+def test_folder_with_pickled_weights_is_refused_on_every_loader(tmp_path, pipe):
+    """A saved folder whose LLM weights are a pickle (no safetensors) is not read by `from_pretrained`, nor by
+    `load_pipeline` (the CLI and the ComfyUI loader), which name the file."""
+    from safetensors.torch import load_file
+
+    from reward_edit_pipeline.loading import load_pipeline
+
+    folder = tmp_path / "pickled"
+    pipe.save_pretrained(folder)
+    (weights,) = (folder / "llm").glob("*.safetensors")
+    torch.save(load_file(weights), folder / "llm" / "pytorch_model.bin")
+    weights.unlink()
+    for load in (RewardSmartEditPipeline.from_pretrained, lambda path: load_pipeline(path, device="cpu")):
+        with pytest.raises(FileNotFoundError, match=r"only as pickle files \(llm/pytorch_model.bin\)"):
+            load(folder)
+    with pytest.raises(ValueError, match="use_safetensors=False"):
+        RewardSmartEditPipeline.from_pretrained(folder, use_safetensors=False)
+
+
 # ---------------------------------------------------------------------------------------------------- CLI, ComfyUI
 @pytest.fixture(scope="module")
 def saved_folder(tmp_path_factory, pipe):

@@ -14,6 +14,7 @@ import json
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +42,8 @@ logger = logging.get_logger(__name__)
 
 # Pinned: saved folders record this loader module name.
 SMARTEDIT_LOADER_MODULE_STEM = "pipeline_reward_smartedit"
+#: weight files that are pickles, refused by `from_pretrained`
+PICKLE_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".ckpt")
 SMARTEDIT_PACKAGE_CLASSES: dict[str, type] = {
     RewardUNet2DConditionModel.__name__: RewardUNet2DConditionModel,
     SmartEditBridge.__name__: SmartEditBridge,
@@ -135,12 +138,30 @@ class RewardSmartEditPipeline(RewardEditPipeline):
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
     ) -> RewardSmartEditPipeline:
-        """Load a saved SmartEdit folder (or Hub repo id: configs, safetensors and tokenizer files only)."""
+        """Load a saved SmartEdit folder (or Hub repo id: configs, safetensors and tokenizer files only).
+
+        Weights are read from safetensors files only: a component folder whose weights are pickles (`.bin`, `.pt`,
+        `.pth`, `.ckpt`) with no safetensors file is refused (`FileNotFoundError` naming it); pickles of the SmartEdit
+        release are read only by its converter, with `allow_pickle=True`."""
         normalize_dtype_kwarg(kwargs)
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("RewardSmartEditPipeline loads safetensors only; `use_safetensors=False` is refused")
+        kwargs["use_safetensors"] = True
         if not os.path.isdir(pretrained_model_name_or_path):
             download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(
                 str(pretrained_model_name_or_path), **download_kwargs
+            )
+        pickled = sorted(
+            f"{path.parent.name}/{path.name}"
+            for path in Path(pretrained_model_name_or_path).glob("*/*")
+            if path.suffix in PICKLE_SUFFIXES and not any(path.parent.glob("*.safetensors"))
+        )
+        if pickled:
+            raise FileNotFoundError(
+                f"{os.fspath(pretrained_model_name_or_path)!r} holds weights only as pickle files ({', '.join(pickled)}), "
+                "which can run code when loaded and are not read here: save the pipeline with save_pretrained "
+                "(safetensors), or convert a SmartEdit release with `reward-edit convert-smartedit ... --allow-pickle`"
             )
         pipe = DiffusionPipeline.from_pretrained.__func__(cls, pretrained_model_name_or_path, **kwargs)
         if not isinstance(pipe.unet, RewardUNet2DConditionModel) or not isinstance(pipe.bridge, SmartEditBridge):
