@@ -422,6 +422,25 @@ def test_save_and_load_with_rewards(tmp_path, pipe, image):
     np.testing.assert_allclose(_edit(loaded, image, **kwargs), _edit(pipe, image, **kwargs), atol=1e-6)
 
 
+def test_folder_with_pickled_weights_is_refused_on_every_loader(tmp_path, pipe):
+    """A saved folder whose LLM weights are a pickle (no safetensors) is not read by `from_pretrained`, nor by
+    `load_pipeline` (the CLI and the ComfyUI loader), which name the file."""
+    from safetensors.torch import load_file
+
+    from reward_edit_pipeline.loading import load_pipeline
+
+    folder = tmp_path / "pickled"
+    pipe.save_pretrained(folder)
+    (weights,) = (folder / "llm").glob("*.safetensors")
+    torch.save(load_file(weights), folder / "llm" / "pytorch_model.bin")
+    weights.unlink()
+    for load in (RewardSmartEditPipeline.from_pretrained, lambda path: load_pipeline(path, device="cpu")):
+        with pytest.raises(FileNotFoundError, match=r"only as pickle files \(llm/pytorch_model.bin\)"):
+            load(folder)
+    with pytest.raises(ValueError, match="use_safetensors=False"):
+        RewardSmartEditPipeline.from_pretrained(folder, use_safetensors=False)
+
+
 # ---------------------------------------------------------------------------------------------------- CLI, ComfyUI
 @pytest.fixture(scope="module")
 def saved_folder(tmp_path_factory, pipe):
@@ -462,6 +481,31 @@ def test_cli_edit_with_rewards(saved_folder, image, tmp_path):
         assert code == 0
         outputs.append(np.asarray(PIL.Image.open(output)))
     assert outputs[0].shape == (32, 32, 3) and np.abs(outputs[0].astype(int) - outputs[1].astype(int)).max() > 0
+
+
+def test_cli_edit_when_the_llm_cannot_emit_the_image_tokens(tmp_path, image, capsys):
+    """A folder that generates by default (as a converted release) whose LLM does not emit the image tokens: the CLI
+    exits 2 naming what to do without Python (the folder's bridge/config.json), and doing it makes the edit run."""
+    import PIL.Image
+
+    from reward_edit_pipeline.cli import main
+
+    components = get_dummy_smartedit_components()
+    components["bridge"] = get_dummy_bridge(llm_generate=True, llm_max_new_tokens=1)  # 1 < the 4 image tokens
+    folder = tmp_path / "generating"
+    RewardSmartEditPipeline(**components).save_pretrained(folder)
+    photo = tmp_path / "photo.png"
+    PIL.Image.fromarray(image).save(photo)
+    argv = ["edit", str(photo), "make the sky red", "-o", str(tmp_path / "out.png"), "--model", str(folder)]
+    argv += ["--steps", "1", "--device", "cpu"]
+    assert main(argv) == 2
+    message = capsys.readouterr().err
+    assert "emitted 0 of the 4 image tokens" in message and '"llm_generate": false' in message
+    assert "bridge/config.json" in message and not (tmp_path / "out.png").exists()
+    config_path = folder / "bridge" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "llm_generate": False}))
+    assert main(argv) == 0 and (tmp_path / "out.png").is_file()
 
 
 def test_comfyui_edit_node_on_a_smartedit_folder(saved_folder, image):

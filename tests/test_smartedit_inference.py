@@ -10,6 +10,8 @@ out, the whitespace next to them dropped, each remaining piece encoded on its ow
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -163,7 +165,9 @@ def test_generation_equals_teacher_forcing_when_the_llm_emits_the_answer(vision_
     with torch.no_grad():
         forced = pipe.encode_instructions([INSTRUCTION], vision_features, "cpu")
         pipe.llm.lm_head = _ScriptedHead(pipe.llm.lm_head, script, pipe.llm_tokenizer.eos_token_id)
-        generated = pipe.encode_instructions([INSTRUCTION], vision_features, "cpu", llm_generate=True)
+        with warnings.catch_warnings():  # the key/value cache is passed by the installed transformers' name
+            warnings.simplefilter("error", FutureWarning)
+            generated = pipe.encode_instructions([INSTRUCTION], vision_features, "cpu", llm_generate=True)
     assert pipe.llm.lm_head.calls == len(script)  # it stopped at the last image token
     assert (generated - forced).abs().max() <= 1e-10
     if answer == "smartedit":  # the answer text changes the states (the comparison above is not vacuous)
@@ -180,9 +184,10 @@ def test_generation_that_misses_the_image_tokens_is_a_clear_error(vision_feature
     pipe.llm.lm_head = _ScriptedHead(pipe.llm.lm_head, text, eos)
     with (
         torch.no_grad(),
-        pytest.raises(ValueError, match=r"emitted 0 of the 4 image tokens \(`llm_max_new_tokens`=6\)"),
+        pytest.raises(ValueError, match=r"emitted 0 of the 4 image tokens \(`llm_max_new_tokens`=6\)") as error,
     ):
         pipe.encode_instructions([INSTRUCTION], vision_features, "cpu")
+    assert '"llm_generate": false' in str(error.value) and "bridge/config.json" in str(error.value)
     pipe.llm.lm_head = _ScriptedHead(pipe.llm.lm_head.head, _image_token_ids(pipe)[:2], eos)
     with torch.no_grad(), pytest.raises(ValueError, match=r"ended \(EOS\) after 3 generated tokens having emitted 2"):
         pipe.encode_instructions([INSTRUCTION], vision_features, "cpu")

@@ -197,6 +197,9 @@ def test_smartedit_llm_lora_flags(data_dir, tmp_path):
             "--llm_lora_target_modules must be distinct names from q_proj,k_proj,v_proj,o_proj, got 'q_proj,gate_proj'",
         ),
         (["--llm_lora_rank", "2", "--llm_lora_target_modules", "q_proj,q_proj"], "--llm_lora_target_modules must be"),
+        (["--lora_rank", "8"], "--lora_rank apply to the DiT backbones only, not --backbone smartedit"),
+        (["--llm_lora_rank", "8", "--lora_alpha", "16"], "--lora_alpha apply to the DiT backbones only"),
+        (["--reward_token_dim", "32", "--dit_guidance_scale", "3"], "--reward_token_dim, --dit_guidance_scale apply"),
     ],
 )
 def test_bad_llm_lora_flags_are_named(data_dir, tmp_path, capsys, extra, message):

@@ -246,12 +246,32 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+#: the DiT trainer's flags (train/dit.py) and their defaults, which `--backbone smartedit` does not use
+SMARTEDIT_UNUSED_DIT_FLAGS: dict[str, object] = {
+    "lora_rank": 16,
+    "lora_alpha": None,
+    "reward_token_dim": 768,
+    "dit_guidance_scale": 1.0,
+}
+
+
 def validate_llm_lora_args(args: argparse.Namespace) -> None:
     """The SmartEdit LLM LoRA flags: rank 0 (frozen LLM) takes no other LoRA flag; `llm_lora_target_modules` becomes
     a tuple of projection names."""
     from .lora import check_lora_alpha, check_lora_dropout, check_lora_rank
 
     check_lora_rank("--llm_lora_rank", args.llm_lora_rank, zero_means="the LLM stays frozen")
+    if args.backbone == "smartedit":  # the DiT trainer's flags would be ignored here: refused instead
+        dit_flags = [
+            f"--{name}"
+            for name, default in SMARTEDIT_UNUSED_DIT_FLAGS.items()
+            if getattr(args, name, default) != default
+        ]
+        _require(
+            not dit_flags,
+            f"{', '.join(dit_flags)} apply to the DiT backbones only, not --backbone smartedit (its LLM LoRA flags "
+            "are --llm_lora_rank, --llm_lora_alpha, --llm_lora_dropout, --llm_lora_target_modules)",
+        )
     if args.llm_lora_rank == 0:
         given = [
             f"--{name}"

@@ -9,10 +9,12 @@ UNet (`reward_init="zero"`) it is plain SmartEdit.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +42,8 @@ logger = logging.get_logger(__name__)
 
 # Pinned: saved folders record this loader module name.
 SMARTEDIT_LOADER_MODULE_STEM = "pipeline_reward_smartedit"
+#: weight files that are pickles, refused by `from_pretrained`
+PICKLE_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".ckpt")
 SMARTEDIT_PACKAGE_CLASSES: dict[str, type] = {
     RewardUNet2DConditionModel.__name__: RewardUNet2DConditionModel,
     SmartEditBridge.__name__: SmartEditBridge,
@@ -134,12 +138,30 @@ class RewardSmartEditPipeline(RewardEditPipeline):
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
     ) -> RewardSmartEditPipeline:
-        """Load a saved SmartEdit folder (or Hub repo id: configs, safetensors and tokenizer files only)."""
+        """Load a saved SmartEdit folder (or Hub repo id: configs, safetensors and tokenizer files only).
+
+        Weights are read from safetensors files only: a component folder whose weights are pickles (`.bin`, `.pt`,
+        `.pth`, `.ckpt`) with no safetensors file is refused (`FileNotFoundError` naming it); pickles of the SmartEdit
+        release are read only by its converter, with `allow_pickle=True`."""
         normalize_dtype_kwarg(kwargs)
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("RewardSmartEditPipeline loads safetensors only; `use_safetensors=False` is refused")
+        kwargs["use_safetensors"] = True
         if not os.path.isdir(pretrained_model_name_or_path):
             download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(
                 str(pretrained_model_name_or_path), **download_kwargs
+            )
+        pickled = sorted(
+            f"{path.parent.name}/{path.name}"
+            for path in Path(pretrained_model_name_or_path).glob("*/*")
+            if path.suffix in PICKLE_SUFFIXES and not any(path.parent.glob("*.safetensors"))
+        )
+        if pickled:
+            raise FileNotFoundError(
+                f"{os.fspath(pretrained_model_name_or_path)!r} holds weights only as pickle files ({', '.join(pickled)}), "
+                "which can run code when loaded and are not read here: save the pipeline with save_pretrained "
+                "(safetensors), or convert a SmartEdit release with `reward-edit convert-smartedit ... --allow-pickle`"
             )
         pipe = DiffusionPipeline.from_pretrained.__func__(cls, pretrained_model_name_or_path, **kwargs)
         if not isinstance(pipe.unet, RewardUNet2DConditionModel) or not isinstance(pipe.bridge, SmartEditBridge):
@@ -334,6 +356,8 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         """Greedy decoding from `inputs_embeds` `[1, L, D]`; returns the states `[1, N, D]` of the fed-back image
         tokens (SmartEdit keeps any token of its image range, in the order emitted)."""
         image_id_set = set(image_ids)
+        # the key/value cache's name: `cache` from transformers 5.x on (`past_key_values` is deprecated there)
+        cache_name = "cache" if "cache" in inspect.signature(self.llm.model.forward).parameters else "past_key_values"
         output = self.llm.model(inputs_embeds=inputs_embeds, use_cache=True)
         kept, emitted = [], []
         for _ in range(max_new_tokens):
@@ -343,8 +367,8 @@ class RewardSmartEditPipeline(RewardEditPipeline):
                 break
             output = self.llm.model(
                 input_ids=torch.tensor([[token]], device=inputs_embeds.device),
-                past_key_values=output.past_key_values,
                 use_cache=True,
+                **{cache_name: getattr(output, cache_name)},
             )
             if token in image_id_set:
                 kept.append(output.last_hidden_state)
@@ -355,7 +379,8 @@ class RewardSmartEditPipeline(RewardEditPipeline):
             f"the LLM {ended} after {len(emitted)} generated tokens having emitted {len(kept)} of the "
             f"{len(image_ids)} image tokens (`llm_max_new_tokens`={max_new_tokens}); generated: "
             f"{self.llm_tokenizer.decode(emitted[:64])!r}. Use `llm_generate=False` (teacher forcing) or a larger "
-            "`llm_max_new_tokens`"
+            "`llm_max_new_tokens` in the call, or set them as the folder's default in bridge/config.json "
+            '(`"llm_generate": false`), which `reward-edit edit` and the ComfyUI nodes use'
         )
 
     def null_text_condition(self, device: torch.device) -> torch.Tensor:
