@@ -28,7 +28,7 @@ from reward_edit_pipeline.comfy_nodes.dit_patch import (
     qwen_image_object_patches,
     unpack_reward_condition,
 )
-from reward_edit_pipeline.comfy_nodes.nodes_dit import V1_DIT_NODES
+from reward_edit_pipeline.comfy_nodes.nodes_dit import V1_DIT_NODES, run_adapter_loader
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -128,6 +128,14 @@ def test_wrapper_refuses_a_conditioning_without_reward_and_wrong_row_counts(flux
     packed = pack_reward_condition((5.0, 5.0, 5.0), torch.zeros(1, wrapped.config.failure_text_embed_dim))
     with pytest.raises(ValueError, match="1 rows for a batch of 2"):
         wrapper(executor, x, torch.zeros(2), reward_edit_dit=packed)
+
+
+@pytest.mark.parametrize("strength", [float("nan"), float("inf"), 10.5, -11.0, True, "1.0"])
+def test_adapter_loader_refuses_a_lora_strength_outside_its_declared_range(flux_adapter, strength):
+    """Checked before anything is loaded: ComfyUI's own min/max check lets NaN through, a script call skips it."""
+    folder, _ = flux_adapter
+    with pytest.raises(ValueError, match=r"`lora_strength` must be a number in \[-10.0, 10.0\]"):
+        run_adapter_loader(model=object(), reward_adapter=str(folder), lora_strength=strength)
 
 
 def test_qwen_adapter_folder_loads_the_library_modules_and_its_family_from_the_config(qwen_adapter):
