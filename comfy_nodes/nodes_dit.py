@@ -195,6 +195,11 @@ def run_adapter_loader(model: Any, reward_adapter: str, lora_strength: float = 1
     import comfy.patcher_extension
     import comfy.utils
 
+    if model.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY):
+        raise ValueError(
+            "`model` already carries a reward adapter (a Reward DiT Adapter Loader upstream); apply one adapter per "
+            "model, to the model from the diffusion-model loader"
+        )
     patched = model.clone()
     lora_path = os.path.join(folder, LORA_FILE)
     if os.path.isfile(lora_path) and lora_strength != 0.0:

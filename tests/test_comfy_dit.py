@@ -295,6 +295,11 @@ def test_patched_comfyui_flux_matches_the_library_in_comfyui_0_3_75(tmp_path):
     # the same adapter written without its LoRA settings (older trainer): alpha = rank, in ComfyUI and the library
     assert report["old_adapter_vs_library_at_alpha_rank_max_abs"] < 1e-5, report
     assert report["old_adapter_vs_trained_scale_max_abs"] > 1e-2, report
+    assert "already carries a reward adapter" in report["chained_adapter_error"]
+    for scale in ("1.0", "2.0"):  # bf16 model: runs, returns bf16, and stays at bf16 precision of the library's output
+        assert report[f"bf16_dtype_scale_{scale}"] == "torch.bfloat16"
+        assert report[f"bf16_vs_library_relative_scale_{scale}"] < 2e-2, report
+        assert report[f"bf16_plain_vs_library_relative_scale_{scale}"] > 0.2, report
     assert report["other_row_reward_row0_max_abs"] == 0.0  # a row's output depends on its own reward only
     assert report["other_row_reward_row1_max_abs"] > 1e-3
     assert "Reward DiT Condition" in report["missing_condition_error"]
