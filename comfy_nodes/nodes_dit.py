@@ -177,6 +177,13 @@ def run_adapter_loader(model: Any, reward_adapter: str, lora_strength: float = 1
     support) is refused before anything is patched."""
     from .dit_patch import LORA_FILE, WRAPPER_KEY, RewardDiTModules, RewardDiTWrapper
 
+    low, high = _STRENGTH["min"], _STRENGTH["max"]
+    if (
+        isinstance(lora_strength, bool)
+        or not isinstance(lora_strength, (int, float))
+        or not (low <= lora_strength <= high)
+    ):  # NaN fails the comparison; ComfyUI's own range check lets NaN through
+        raise ValueError(f"`lora_strength` must be a number in [{low}, {high}], got {lora_strength!r}")
     folder = os.path.expanduser(reward_adapter.strip())
     if not folder or not os.path.isdir(folder):
         raise FileNotFoundError(f"`reward_adapter` must be a trainer's reward_lora/ folder, got {reward_adapter!r}")
@@ -188,6 +195,11 @@ def run_adapter_loader(model: Any, reward_adapter: str, lora_strength: float = 1
     import comfy.patcher_extension
     import comfy.utils
 
+    if model.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY):
+        raise ValueError(
+            "`model` already carries a reward adapter (a Reward DiT Adapter Loader upstream); apply one adapter per "
+            "model, to the model from the diffusion-model loader"
+        )
     patched = model.clone()
     lora_path = os.path.join(folder, LORA_FILE)
     if os.path.isfile(lora_path) and lora_strength != 0.0:

@@ -95,9 +95,11 @@ def to_comfy_state_dict(diffusers_state: dict[str, torch.Tensor]) -> dict[str, t
     return out
 
 
-def comfy_patcher(state: dict[str, torch.Tensor]) -> comfy.model_patcher.ModelPatcher:
+def comfy_patcher(
+    state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32
+) -> comfy.model_patcher.ModelPatcher:
     model_config = comfy.supported_models.Flux(dict(COMFY_CONFIG))
-    model_config.set_inference_dtype(torch.float32, None)
+    model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device="cpu")
     missing, unexpected = model.diffusion_model.load_state_dict(state, strict=True), None
     del missing, unexpected
@@ -209,8 +211,11 @@ def diffusers_output(model: RewardFluxTransformer2DModel, scale: float) -> torch
     return unpack_tokens(out[:, : (height // 2) * (width // 2)])
 
 
-def comfy_output(patcher: comfy.model_patcher.ModelPatcher, packed: torch.Tensor | None) -> torch.Tensor:
-    """ComfyUI's Flux forward through the patcher (object patches, LoRA weights and wrappers applied)."""
+def comfy_output(
+    patcher: comfy.model_patcher.ModelPatcher, packed: torch.Tensor | None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """ComfyUI's Flux forward through the patcher (object patches, LoRA weights and wrappers applied); the inputs in
+    `dtype`, as ``BaseModel._apply_model`` casts them for a model of that dtype."""
     patcher.patch_model(device_to=torch.device("cpu"))
     try:
         extra = {} if packed is None else {REWARD_MODEL_COND: packed}
@@ -219,7 +224,8 @@ def comfy_output(patcher: comfy.model_patcher.ModelPatcher, packed: torch.Tensor
         transformer_options["wrappers"] = comfy.patcher_extension.copy_nested_dicts(patcher.wrappers)
         with torch.no_grad():
             return patcher.model.diffusion_model(
-                x, sigma, context, y=pooled, guidance=guidance, ref_latents=[reference],
+                x.to(dtype), sigma, context.to(dtype), y=pooled.to(dtype), guidance=guidance,
+                ref_latents=[reference.to(dtype)],
                 transformer_options=transformer_options, **extra,
             )  # fmt: skip
     finally:
@@ -270,6 +276,25 @@ for scale in (1.0, 2.0):
     ours = comfy_output(patched, packed_rows(scale))
     report[f"trained_vs_library_max_abs_scale_{scale}"] = (ours - library).abs().max().item()
     report[f"trained_vs_plain_max_abs_scale_{scale}"] = (ours - plain_out).abs().max().item()
+# a second adapter on an already patched model is refused (its wrapper would take the other's reward rows)
+try:
+    loader_node.execute(model=patched, reward_adapter=str(WORK / "trained_adapter"), lora_strength=1.0)
+    report["chained_adapter_error"] = None
+except ValueError as error:
+    report["chained_adapter_error"] = str(error)
+# a bf16 model (ComfyUI's default dtype for FLUX on most GPUs): the float32 reward modules' outputs join its dtype
+bf16_patched = run_adapter_loader(comfy_patcher(to_comfy_state_dict(base_state), torch.bfloat16),
+                                  str(WORK / "trained_adapter"), 1.0)  # fmt: skip
+for scale in (1.0, 2.0):
+    library = diffusers_output(trained, scale)
+    bf16_out = comfy_output(bf16_patched, packed_rows(scale), torch.bfloat16)
+    report[f"bf16_dtype_scale_{scale}"] = str(bf16_out.dtype)
+    report[f"bf16_vs_library_relative_scale_{scale}"] = (
+        (bf16_out.float() - library).abs().max() / library.abs().max()
+    ).item()
+    report[f"bf16_plain_vs_library_relative_scale_{scale}"] = (
+        (plain_out - library).abs().max() / library.abs().max()
+    ).item()
 # an adapter written before the alpha was recorded: applied at alpha = rank, by ComfyUI and by the library alike
 old_patched = loader_node.execute(model=plain, reward_adapter=str(WORK / "old_adapter"), lora_strength=1.0).args[0]
 old_ours = comfy_output(old_patched, packed_rows(1.0))

@@ -28,7 +28,7 @@ from reward_edit_pipeline.comfy_nodes.dit_patch import (
     qwen_image_object_patches,
     unpack_reward_condition,
 )
-from reward_edit_pipeline.comfy_nodes.nodes_dit import V1_DIT_NODES
+from reward_edit_pipeline.comfy_nodes.nodes_dit import V1_DIT_NODES, run_adapter_loader
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -128,6 +128,14 @@ def test_wrapper_refuses_a_conditioning_without_reward_and_wrong_row_counts(flux
     packed = pack_reward_condition((5.0, 5.0, 5.0), torch.zeros(1, wrapped.config.failure_text_embed_dim))
     with pytest.raises(ValueError, match="1 rows for a batch of 2"):
         wrapper(executor, x, torch.zeros(2), reward_edit_dit=packed)
+
+
+@pytest.mark.parametrize("strength", [float("nan"), float("inf"), 10.5, -11.0, True, "1.0"])
+def test_adapter_loader_refuses_a_lora_strength_outside_its_declared_range(flux_adapter, strength):
+    """Checked before anything is loaded: ComfyUI's own min/max check lets NaN through, a script call skips it."""
+    folder, _ = flux_adapter
+    with pytest.raises(ValueError, match=r"`lora_strength` must be a number in \[-10.0, 10.0\]"):
+        run_adapter_loader(model=object(), reward_adapter=str(folder), lora_strength=strength)
 
 
 def test_qwen_adapter_folder_loads_the_library_modules_and_its_family_from_the_config(qwen_adapter):
@@ -287,6 +295,11 @@ def test_patched_comfyui_flux_matches_the_library_in_comfyui_0_3_75(tmp_path):
     # the same adapter written without its LoRA settings (older trainer): alpha = rank, in ComfyUI and the library
     assert report["old_adapter_vs_library_at_alpha_rank_max_abs"] < 1e-5, report
     assert report["old_adapter_vs_trained_scale_max_abs"] > 1e-2, report
+    assert "already carries a reward adapter" in report["chained_adapter_error"]
+    for scale in ("1.0", "2.0"):  # bf16 model: runs, returns bf16, and stays at bf16 precision of the library's output
+        assert report[f"bf16_dtype_scale_{scale}"] == "torch.bfloat16"
+        assert report[f"bf16_vs_library_relative_scale_{scale}"] < 2e-2, report
+        assert report[f"bf16_plain_vs_library_relative_scale_{scale}"] > 0.2, report
     assert report["other_row_reward_row0_max_abs"] == 0.0  # a row's output depends on its own reward only
     assert report["other_row_reward_row1_max_abs"] > 1e-3
     assert "Reward DiT Condition" in report["missing_condition_error"]

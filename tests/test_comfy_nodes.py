@@ -701,6 +701,34 @@ def test_dit_example_workflows_follow_the_reward_rule_of_the_nodes(name):
                 assert node["inputs"][key] in note, key  # the note says where each model file goes
 
 
+@pytest.mark.parametrize("name", DIT_EXAMPLE_WORKFLOWS)
+def test_dit_example_workflow_notes_state_the_graphs_settings(name):
+    """The note's sampler settings are the graph's; for Qwen-Image-Edit the steps and true CFG it calls the library's
+    defaults are `RewardQwenImageEditPipeline.__call__`'s, which samples with true CFG only given a negative prompt."""
+    import inspect
+
+    from reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit import RewardQwenImageEditPipeline
+
+    ui, api = _example(name)
+    (note,) = [node["widgets_values"][0] for node in ui["nodes"] if node["type"] == "Note"]
+    (sampler,) = [v["inputs"] for v in api.values() if v["class_type"] == "KSampler"]
+    cfg = f"{sampler['cfg']:g}"
+    assert f"{sampler['sampler_name']} / {sampler['scheduler']}, {sampler['steps']} steps" in note
+    assert f"cfg {cfg}" in note or f"true CFG {cfg}" in note
+    for node in api.values():
+        if node["class_type"] == "FluxGuidance":
+            assert f"FluxGuidance {node['inputs']['guidance']:g}" in note
+        if node["class_type"] == "ModelSamplingAuraFlow":
+            assert f"shift {node['inputs']['shift']:.1f}" in note
+    if name == "reward_qwen_image_edit":
+        defaults = inspect.signature(RewardQwenImageEditPipeline.__call__).parameters
+        assert (defaults["num_inference_steps"].default, defaults["true_cfg_scale"].default) == (sampler["steps"], 4.0)
+        assert defaults["negative_prompt"].default is None  # so the note must not call " " a default
+        negative_text = _source(api, _source(api, sampler["negative"])["inputs"]["conditioning"])["inputs"]["prompt"]
+        assert f'negative prompt "{negative_text}"' in note
+        assert "true CFG only when a negative prompt is given" in note
+
+
 def _object_info_for_checker_tests() -> dict:
     """A small ``/object_info`` in ComfyUI 0.3.75's shapes (legacy list combos, V3 ``COMBO``, sockets, seed control,
     image upload) for `comfyui_workflows.workflow_problems`."""
