@@ -1,4 +1,5 @@
-"""The one Hub download rule for pipelines (no torch): which files are fetched, and what "unreachable" means.
+"""The one Hub download rule for pipelines (no torch): which files are fetched, what "unreachable" means, and the
+loaders' pickle rule (`apply_pickle_rule`: weights are read from safetensors only unless `allow_pickle=True`).
 
 `RewardEditPipeline.from_pretrained`, `load_pipeline`, `convert_official` and `reward_edit_pipeline.hub.pull` all
 download through `download_pipeline_files` with `PIPELINE_ALLOW_PATTERNS` (configs, safetensors weights, tokenizer
@@ -28,6 +29,8 @@ PIPELINE_ALLOW_PATTERNS: tuple[str, ...] = (
     "tokenizer_2/*",
 )
 #: keyword arguments of `huggingface_hub.snapshot_download` that loaders pass through
+#: weight files that are Python pickles (loading one can run code): read only with `allow_pickle=True`
+PICKLE_WEIGHT_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".ckpt")
 DOWNLOAD_KWARGS: tuple[str, ...] = ("revision", "token", "cache_dir", "local_files_only", "force_download", "local_dir")
 
 
@@ -65,6 +68,51 @@ def _offline_errors() -> tuple[type[BaseException], ...]:
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     return (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)
+
+
+def pickled_weight_files(folder: str | os.PathLike) -> list[str]:
+    """Component weight files of a pipeline folder that are pickles with no safetensors file beside them
+    (``"unet/diffusion_pytorch_model.bin"``), sorted."""
+    return sorted(
+        f"{path.parent.name}/{path.name}"
+        for path in Path(folder).glob("*/*")
+        if path.suffix in PICKLE_WEIGHT_SUFFIXES and not any(path.parent.glob("*.safetensors"))
+    )
+
+
+def apply_pickle_rule(
+    pretrained_model_name_or_path: str | os.PathLike, kwargs: dict[str, Any], loader: str, hint: str | None = None
+) -> None:
+    """The loaders' pickle rule, applied to `from_pretrained`-style `kwargs` in place.
+
+    `allow_pickle` (popped; default False): without it the weights are read from safetensors only
+    (``use_safetensors=True``; ``use_safetensors=False`` is refused) and a local folder with a component whose weights
+    are only pickles is refused with a `FileNotFoundError` naming the files. ``allow_pickle=True`` (trusted folders
+    only) leaves diffusers' own choice, which reads pickles with ``torch.load(weights_only=True)``.
+    """
+    allow_pickle = kwargs.pop("allow_pickle", False)
+    if not isinstance(allow_pickle, bool):
+        raise ValueError(f"`allow_pickle` must be True or False, got {allow_pickle!r}")
+    if allow_pickle:
+        return
+    if kwargs.get("use_safetensors") is False:
+        raise ValueError(
+            f"{loader}: `use_safetensors=False` reads pickle weights, which can run code when loaded; pass "
+            "`allow_pickle=True` instead, for a folder you trust"
+        )
+    kwargs["use_safetensors"] = True
+    if os.path.isdir(pretrained_model_name_or_path):
+        pickled = pickled_weight_files(pretrained_model_name_or_path)
+        if pickled:
+            raise FileNotFoundError(
+                f"{os.fspath(pretrained_model_name_or_path)!r} holds weights only as pickle files "
+                f"({', '.join(pickled)}), which can run code when loaded and are not read by default: "
+                + (
+                    hint
+                    or f"for a folder you trust, load it once with `{loader}(..., allow_pickle=True)` and "
+                    "`save_pretrained` it (safetensors)"
+                )
+            )
 
 
 def looks_like_repo_id(name: str | os.PathLike) -> bool:

@@ -215,7 +215,8 @@ def load_pipeline(
     the pipeline there itself after loading). The official repo id (`Gstar666/Reward-InsPix2Pix`,
     the default) is converted once and cached. A SmartEdit release id (`TencentARC/SmartEdit-7B`, `-13B`) loads its
     cached conversion (`reward-edit convert-smartedit`); without one it is converted only with `allow_pickle=True`
-    (the release is pickle files), else `FileNotFoundError` names the command. A path that does not exist raises
+    (the release is pickle files), else `FileNotFoundError` names the command. A local folder's weights are read from
+    safetensors only unless `allow_pickle=True` (`downloads.apply_pickle_rule`). A path that does not exist raises
     `FileNotFoundError`; a repo id the Hub cannot serve raises `HubUnavailableError`.
     """
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
@@ -226,7 +227,7 @@ def load_pipeline(
     run_on = resolve_device(execution_device, name="execution_device") if execution_device is not None else device
     dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, run_on)
     if os.path.isdir(model):
-        pipe = load_local_pipeline(model, **{DTYPE_KWARG: dtype})
+        pipe = load_local_pipeline(model, allow_pickle=allow_pickle, **{DTYPE_KWARG: dtype})
     elif os.path.exists(model):
         raise FileNotFoundError(
             f"`model` {os.fspath(model)!r} is a file; give a pipeline folder (with model_index.json)"

@@ -21,7 +21,7 @@ from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.utils import logging
 
 from ..devices import diffusers_dtype_kwarg, normalize_dtype_kwarg
-from ..downloads import DOWNLOAD_KWARGS, PIPELINE_ALLOW_PATTERNS, download_pipeline_files
+from ..downloads import DOWNLOAD_KWARGS, PIPELINE_ALLOW_PATTERNS, apply_pickle_rule, download_pipeline_files
 from ..images import DEFAULT_MAX_IMAGE_PIXELS, array_to_float, check_image_pixels, pil_to_array
 from ..models.unet_2d_reward import RewardUNet2DConditionModel
 from ..rewards import BEST_SCORES
@@ -191,9 +191,11 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         A repo id is downloaded first (configs, safetensors weights and tokenizer files only: no pickles, no code).
         The loading dtype may be given as `dtype=` or by its older name `torch_dtype=`.
         A plain InstructPix2Pix checkpoint is refused with a pointer to `from_instruct_pix2pix`, and the official
-        release layout with a pointer to `from_official`.
+        release layout with a pointer to `from_official`. Weights are read from safetensors only unless
+        `allow_pickle=True` (`reward_edit_pipeline.downloads.apply_pickle_rule`).
         """
         normalize_dtype_kwarg(kwargs)
+        apply_pickle_rule(pretrained_model_name_or_path, kwargs, f"{cls.__name__}.from_pretrained")
         if not os.path.isdir(pretrained_model_name_or_path):
             download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(
@@ -215,8 +217,9 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
     ) -> RewardEditPipeline:
         """Wrap a stock `StableDiffusionInstructPix2PixPipeline` checkpoint (e.g. the `timbrooks/instruct-pix2pix`
         layout) with new reward modules. With `reward_init="zero"` (default) the result edits exactly like the stock
-        pipeline until it is trained."""
+        pipeline until it is trained. Weights are read from safetensors only unless `allow_pickle=True`."""
         normalize_dtype_kwarg(kwargs)
+        apply_pickle_rule(pretrained_model_name_or_path, kwargs, f"{cls.__name__}.from_instruct_pix2pix")
         unet_kwargs = {key: kwargs[key] for key in _SUBMODEL_KWARGS if key in kwargs}
         base_unet = UNet2DConditionModel.from_pretrained(pretrained_model_name_or_path, subfolder="unet", **unet_kwargs)
         unet = RewardUNet2DConditionModel.from_unet(base_unet, reward_init=reward_init)
@@ -231,13 +234,16 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
         a diffusers InstructPix2Pix folder whose `unet/` carries the official reward keys).
 
         With `use_paper_scheduler=True` the scheduler is switched to `EulerAncestralDiscreteScheduler` (from the
-        folder's scheduler config), as in the paper's evaluation; this is logged.
+        folder's scheduler config), as in the paper's evaluation; this is logged. Weights are read from safetensors
+        only unless `allow_pickle=True`.
         """
         if not os.path.isdir(path):
             raise FileNotFoundError(f"`path` must be a local official release folder, got {os.fspath(path)!r}")
         normalize_dtype_kwarg(kwargs)
+        allow_pickle = kwargs.get("allow_pickle", False)
+        apply_pickle_rule(path, kwargs, f"{cls.__name__}.from_official")
         unet = RewardUNet2DConditionModel.from_official_unet(
-            os.path.join(path, "unet"), torch_dtype=kwargs.get(DTYPE_KWARG)
+            os.path.join(path, "unet"), torch_dtype=kwargs.get(DTYPE_KWARG), allow_pickle=allow_pickle
         )
         pipe = super().from_pretrained(path, unet=unet, **kwargs)
         if use_paper_scheduler and not isinstance(pipe.scheduler, EulerAncestralDiscreteScheduler):
@@ -716,6 +722,7 @@ class RewardEditPipeline(StableDiffusionInstructPix2PixPipeline):
 
 
 _SUBMODEL_KWARGS: tuple[str, ...] = (
+    "use_safetensors",
     "torch_dtype",
     "dtype",
     "revision",

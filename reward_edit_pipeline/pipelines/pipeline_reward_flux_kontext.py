@@ -10,6 +10,7 @@ from diffusers import FluxKontextPipeline
 from diffusers.utils import logging
 
 from ..devices import normalize_dtype_kwarg
+from ..downloads import apply_pickle_rule
 from ..models.transformer_flux_reward import RewardFluxTransformer2DModel
 from ..rewards import BEST_SCORES
 from .reward_dit_common import (
@@ -116,8 +117,10 @@ class RewardFluxKontextPipeline(RewardDiTPipelineMixin, FluxKontextPipeline):
         **kwargs: Any,
     ) -> RewardFluxKontextPipeline:
         """Load a stock FLUX.1 Kontext checkpoint (e.g. the `black-forest-labs/FLUX.1-Kontext-dev` layout) with
-        `FluxKontextPipeline.from_pretrained(..., **kwargs)` and wrap it (`from_base(..., **reward_config)`)."""
+        `FluxKontextPipeline.from_pretrained(..., **kwargs)` and wrap it (`from_base(..., **reward_config)`). Weights
+        are read from safetensors only unless `allow_pickle=True`."""
         normalize_dtype_kwarg(kwargs)
+        apply_pickle_rule(pretrained_model_name_or_path, kwargs, f"{cls.__name__}.from_flux_kontext")
         base = FluxKontextPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return cls.from_base(base, reward_init, **(reward_config or {}))
 

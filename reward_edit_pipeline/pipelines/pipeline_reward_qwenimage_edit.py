@@ -29,6 +29,7 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_shif
 from diffusers.utils import logging
 
 from ..devices import normalize_dtype_kwarg
+from ..downloads import apply_pickle_rule
 from ..models.reward_dit_mixin import REWARD_CONDITION_KEY
 from ..models.transformer_qwenimage_reward import RewardQwenImageTransformer2DModel
 from ..rewards import BEST_SCORES
@@ -160,8 +161,10 @@ class _RewardQwenImageEditMixin(RewardDiTPipelineMixin):
     ):
         """Load a stock Qwen-Image-Edit checkpoint (`Qwen/Qwen-Image-Edit` layout for `RewardQwenImageEditPipeline`,
         `-2509`/`-2511` for the Plus pipeline) with the stock pipeline's `from_pretrained(..., **kwargs)` and wrap
-        it (`from_base(..., **reward_config)`; `vae_image_area` / `condition_image_area` may be given here too)."""
+        it (`from_base(..., **reward_config)`; `vae_image_area` / `condition_image_area` may be given here too).
+        Weights are read from safetensors only unless `allow_pickle=True`."""
         normalize_dtype_kwarg(kwargs)
+        apply_pickle_rule(pretrained_model_name_or_path, kwargs, f"{cls.__name__}.from_qwen_image_edit")
         areas = {name: kwargs.pop(name) for name in ("vae_image_area", "condition_image_area") if name in kwargs}
         stock = cls.stock_pipeline_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return cls.from_base(stock, reward_init, **areas, **(reward_config or {}))

@@ -14,7 +14,6 @@ import json
 import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +24,7 @@ from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.utils import logging
 
 from ..devices import normalize_dtype_kwarg
-from ..downloads import DOWNLOAD_KWARGS, download_pipeline_files
+from ..downloads import DOWNLOAD_KWARGS, apply_pickle_rule, download_pipeline_files
 from ..models.smartedit_bridge import IMAGE_FIELD, IMAGE_TOKENS_FIELD, INSTRUCTION_FIELD, SmartEditBridge
 from ..models.unet_2d_reward import RewardUNet2DConditionModel
 from ..rewards import BEST_SCORES
@@ -43,7 +42,6 @@ logger = logging.get_logger(__name__)
 # Pinned: saved folders record this loader module name.
 SMARTEDIT_LOADER_MODULE_STEM = "pipeline_reward_smartedit"
 #: weight files that are pickles, refused by `from_pretrained`
-PICKLE_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".ckpt")
 SMARTEDIT_PACKAGE_CLASSES: dict[str, type] = {
     RewardUNet2DConditionModel.__name__: RewardUNet2DConditionModel,
     SmartEditBridge.__name__: SmartEditBridge,
@@ -140,29 +138,23 @@ class RewardSmartEditPipeline(RewardEditPipeline):
     ) -> RewardSmartEditPipeline:
         """Load a saved SmartEdit folder (or Hub repo id: configs, safetensors and tokenizer files only).
 
-        Weights are read from safetensors files only: a component folder whose weights are pickles (`.bin`, `.pt`,
-        `.pth`, `.ckpt`) with no safetensors file is refused (`FileNotFoundError` naming it); pickles of the SmartEdit
-        release are read only by its converter, with `allow_pickle=True`."""
+        Weights are read from safetensors files only (`reward_edit_pipeline.downloads.apply_pickle_rule`): a component
+        folder whose weights are pickles (`.bin`, `.pt`, `.pth`, `.ckpt`) with no safetensors file is refused
+        (`FileNotFoundError` naming it) unless `allow_pickle=True` (trusted folders only); the pickles of the SmartEdit
+        release are read by its converter (`reward-edit convert-smartedit ... --allow-pickle`)."""
         normalize_dtype_kwarg(kwargs)
-        if kwargs.get("use_safetensors") is False:
-            raise ValueError("RewardSmartEditPipeline loads safetensors only; `use_safetensors=False` is refused")
-        kwargs["use_safetensors"] = True
         if not os.path.isdir(pretrained_model_name_or_path):
             download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(
                 str(pretrained_model_name_or_path), **download_kwargs
             )
-        pickled = sorted(
-            f"{path.parent.name}/{path.name}"
-            for path in Path(pretrained_model_name_or_path).glob("*/*")
-            if path.suffix in PICKLE_SUFFIXES and not any(path.parent.glob("*.safetensors"))
+        apply_pickle_rule(
+            pretrained_model_name_or_path,
+            kwargs,
+            f"{cls.__name__}.from_pretrained",
+            hint="save the pipeline with save_pretrained (safetensors), or convert a SmartEdit release with "
+            "`reward-edit convert-smartedit ... --allow-pickle`",
         )
-        if pickled:
-            raise FileNotFoundError(
-                f"{os.fspath(pretrained_model_name_or_path)!r} holds weights only as pickle files ({', '.join(pickled)}), "
-                "which can run code when loaded and are not read here: save the pipeline with save_pretrained "
-                "(safetensors), or convert a SmartEdit release with `reward-edit convert-smartedit ... --allow-pickle`"
-            )
         pipe = DiffusionPipeline.from_pretrained.__func__(cls, pretrained_model_name_or_path, **kwargs)
         if not isinstance(pipe.unet, RewardUNet2DConditionModel) or not isinstance(pipe.bridge, SmartEditBridge):
             raise ValueError(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..devices import normalize_dtype_kwarg
-from ..downloads import DOWNLOAD_KWARGS, download_pipeline_files
+from ..downloads import DOWNLOAD_KWARGS, apply_pickle_rule, download_pipeline_files
 from ..models.reward_conditioner import RewardConditioner
 from ..models.reward_dit_condition import RewardCondition, combine_reward_guidance, validate_reward_guidance_scale
 from ..rewards import BEST_SCORES, parse_reward_scores, resolve_failure_text
@@ -472,8 +472,10 @@ class RewardDiTPipelineMixin:
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Load a saved folder of this pipeline or its Hub repo id (configs, safetensors and tokenizer files only).
         The loading dtype may be given as `dtype=` or `torch_dtype=`. A stock checkpoint (no reward modules) is
-        refused with a pointer to the classmethod that wraps one."""
+        refused with a pointer to the classmethod that wraps one. Weights are read from safetensors only unless
+        `allow_pickle=True`."""
         normalize_dtype_kwarg(kwargs)
+        apply_pickle_rule(pretrained_model_name_or_path, kwargs, f"{cls.__name__}.from_pretrained")
         if not os.path.isdir(pretrained_model_name_or_path):
             download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             pretrained_model_name_or_path = download_pipeline_files(
