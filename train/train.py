@@ -89,7 +89,7 @@ def load_unet(args: argparse.Namespace, failure_text_embed_dim: int) -> tuple[nn
     if args.stage == 1:
         if class_name == RewardUNet2DConditionModel.__name__:
             raise ValueError(f"--stage 1 needs a text-to-image (or InstructPix2Pix) base; {name!r} is a reward UNet")
-        unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", revision=revision)
+        unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", revision=revision, use_safetensors=True)
         if unet.config.in_channels == 4:
             widen_conv_in(unet, 8)
             return unet, "stage 1: widened conv_in 4 -> 8 channels (new channels zero-initialized)"
@@ -98,12 +98,14 @@ def load_unet(args: argparse.Namespace, failure_text_embed_dim: int) -> tuple[nn
         raise ValueError(f"--stage 1 base UNet must have 4 (or 8) input channels, got {unet.config.in_channels}")
 
     if class_name == RewardUNet2DConditionModel.__name__:
-        unet = RewardUNet2DConditionModel.from_pretrained(name, subfolder="unet", revision=revision)
+        unet = RewardUNet2DConditionModel.from_pretrained(
+            name, subfolder="unet", revision=revision, use_safetensors=True
+        )
         return unet, "stage 2: base is a reward-edit pipeline; continuing its training"
     if os.path.isdir(name) and detect_layout(name) == "official":  # the one release-layout rule (loading.py)
         unet = RewardUNet2DConditionModel.from_official_unet(os.path.join(name, "unet"))
         return unet, "stage 2: base is an official Multi-Reward-Editing stage-2 release; converted its reward modules"
-    base = UNet2DConditionModel.from_pretrained(name, subfolder="unet", revision=revision)
+    base = UNet2DConditionModel.from_pretrained(name, subfolder="unet", revision=revision, use_safetensors=True)
     if base.config.in_channels != 8:
         raise ValueError(
             f"--stage 2 needs an InstructPix2Pix base (UNet with 8 input channels); {name!r} has "
@@ -346,10 +348,13 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
     tokenizer = CLIPTokenizer.from_pretrained(
         args.pretrained_model_name_or_path, subfolder="tokenizer", revision=args.revision
     )
+    # weights from safetensors only (the loaders' pickle rule, `reward_edit_pipeline.downloads.apply_pickle_rule`)
     text_encoder = CLIPTextModel.from_pretrained(
-        args.pretrained_model_name_or_path, subfolder="text_encoder", revision=args.revision
+        args.pretrained_model_name_or_path, subfolder="text_encoder", revision=args.revision, use_safetensors=True
     )
-    vae = AutoencoderKL.from_pretrained(args.pretrained_model_name_or_path, subfolder="vae", revision=args.revision)
+    vae = AutoencoderKL.from_pretrained(
+        args.pretrained_model_name_or_path, subfolder="vae", revision=args.revision, use_safetensors=True
+    )
     noise_scheduler = DDPMScheduler.from_pretrained(
         args.pretrained_model_name_or_path, subfolder="scheduler", revision=args.revision
     )
@@ -688,8 +693,8 @@ def _train(args: argparse.Namespace, step_callback: Callable[[int], None] | None
         pipeline = build_pipeline(
             args,
             trained_unet,
-            AutoencoderKL.from_pretrained(base, subfolder="vae", revision=revision),
-            CLIPTextModel.from_pretrained(base, subfolder="text_encoder", revision=revision),
+            AutoencoderKL.from_pretrained(base, subfolder="vae", revision=revision, use_safetensors=True),
+            CLIPTextModel.from_pretrained(base, subfolder="text_encoder", revision=revision, use_safetensors=True),
             tokenizer,
             load_base_scheduler(args),
         )
