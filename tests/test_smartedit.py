@@ -58,6 +58,31 @@ def test_edit_with_rewards(pipe, image):
     assert guided.shape == best.shape and np.abs(best - guided).max() > 1e-4
 
 
+def test_model_cpu_offload_onloads_every_part_before_it_is_used(image):
+    """`enable_model_cpu_offload` moves a component to the GPU when its `forward` is called; the pipeline calls parts
+    of the LLM and the bridge directly, so it must onload them first. On the CPU nothing moves, so the test records,
+    per component, when its offload hook ran and when its parts were first used; the edit equals the plain one."""
+    reference = _edit(get_dummy_smartedit_pipeline(), image)
+    offloaded = get_dummy_smartedit_pipeline()
+    offloaded.enable_model_cpu_offload(device="cuda" if torch.cuda.is_available() else "cpu")
+    events: list[str] = []
+    for name in ("vision_encoder", "llm", "bridge", "unet"):
+        module = getattr(offloaded, name)
+        hook, original = module._hf_hook, module._hf_hook.pre_forward
+
+        def pre_forward(module, *args, _name=name, _original=original, **kwargs):
+            events.append(f"{_name}:onload")
+            return _original(module, *args, **kwargs)
+
+        hook.pre_forward = pre_forward
+        for part in module.children():
+            part.register_forward_pre_hook(lambda *_, _name=name: events.append(f"{_name}:use"))
+    np.testing.assert_allclose(_edit(offloaded, image), reference, atol=1e-5)
+    for name in ("vision_encoder", "llm", "bridge", "unet"):
+        assert f"{name}:use" in events, name
+        assert events.index(f"{name}:onload") < events.index(f"{name}:use"), (name, events[:12])
+
+
 def test_instruction_and_bim_reach_the_output(pipe, image):
     """The MLLM path matters: another instruction, or no BIM residual, gives another edit."""
     best = _edit(pipe, image)

@@ -59,6 +59,15 @@ __all__ = ["RewardSmartEditPipeline"]
 __all__ = ["RewardSmartEditPipeline", "SmartEditPipeline"]
 
 
+def onload_offloaded(module: torch.nn.Module) -> None:
+    """Move `module` to its execution device when an accelerate offload hook manages it
+    (`enable_model_cpu_offload`), as a call of its `forward` would; the pipeline calls parts of the LLM (embeddings,
+    the decoder, the LM head) and of the bridge directly, which the hook does not see. No hook: nothing to do."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None:
+        hook.pre_forward(module)
+
+
 class RewardSmartEditPipeline(RewardEditPipeline):
     r"""Instruction-based editing with SmartEdit's MLLM guidance and reward conditions.
 
@@ -324,7 +333,10 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"`llm_max_new_tokens` must be an integer >= 1, got {max_new_tokens!r}")
         image_ids = self.image_token_ids()
+        # parts of the bridge and the LLM are called directly, not through their forward: onload them first
+        onload_offloaded(self.bridge)
         image_embeds = self.bridge.project_vision_features(vision_features)
+        onload_offloaded(self.llm)
         states = []
         for prompt, image_embed in zip(prompts, image_embeds):
             inputs_embeds, after = self.llm_inputs_embeds(prompt, image_embed, with_answer=not generate)
