@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,24 @@ def converted_cache_dir() -> Path:
 
 
 def write_folder_aside(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(folder)` on `<target>.partial`, then rename it to `target` (replacing an older one): a crash or an
-    interrupt never leaves a half-written `target` behind."""
+    """Call `write(folder)` on a fresh ``<target>.partial-*`` folder beside `target`, then rename it to `target`
+    (replacing an older one). A crash or an interrupt never leaves a half-written `target`, a failed `write` leaves
+    nothing behind, and two processes writing the same `target` at once do not share a folder: the last rename wins
+    and the loser's complete copy is dropped."""
     target = Path(target)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    write(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+    try:
+        write(partial)
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(partial, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # another writer renamed its complete folder into place between our rmtree and our rename: keep it
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 

@@ -300,3 +300,52 @@ def test_release_layout_detection_is_shared_with_the_trainer(tmp_path):
     import reward_edit_pipeline.train.train as train_module
 
     assert train_module.detect_layout is detect_layout  # the trainer imports the one rule
+
+
+# ------------------------------------------------------------------------------------------ converted-folder writes
+def test_folder_written_aside_is_complete_or_absent(tmp_path):
+    """`write_folder_aside`: a failed write leaves neither the target nor a partial folder; a successful one replaces
+    the older target; two writers of the same target at once each write their own folder and one complete copy
+    remains (before, both used `<target>.partial` and one deleted the other's half-written files)."""
+    import threading
+    import time
+
+    from reward_edit_pipeline.downloads import write_folder_aside
+
+    target = tmp_path / "cache" / "converted-model"
+
+    def failing(folder):
+        (folder / "half.json").write_text("{")
+        raise RuntimeError("crash while saving")
+
+    with pytest.raises(RuntimeError, match="crash while saving"):
+        write_folder_aside(target, failing)
+    assert list(target.parent.iterdir()) == []
+
+    def writer(tag: str):
+        def write(folder):
+            for index in range(5):
+                (folder / f"part{index}.txt").write_text(tag)
+                time.sleep(0.02)
+
+        return write
+
+    write_folder_aside(target, writer("old"))
+    errors: list[BaseException] = []
+
+    def run(tag: str) -> None:
+        try:
+            write_folder_aside(target, writer(tag))
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(tag,)) for tag in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    contents = {path.read_text() for path in target.iterdir()}
+    assert sorted(path.name for path in target.iterdir()) == [f"part{i}.txt" for i in range(5)]
+    assert len(contents) == 1 and contents <= {"a", "b"}  # one writer's complete copy, not a mix, not the old one
+    assert [path.name for path in target.parent.iterdir()] == ["converted-model"]
