@@ -29,9 +29,9 @@ PIPELINE_ALLOW_PATTERNS: tuple[str, ...] = (
     "tokenizer/*",
     "tokenizer_2/*",
 )
-#: keyword arguments of `huggingface_hub.snapshot_download` that loaders pass through
 #: weight files that are Python pickles (loading one can run code): read only with `allow_pickle=True`
 PICKLE_WEIGHT_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".ckpt")
+#: keyword arguments of `huggingface_hub.snapshot_download` that loaders pass through
 DOWNLOAD_KWARGS: tuple[str, ...] = ("revision", "token", "cache_dir", "local_files_only", "force_download", "local_dir")
 
 

@@ -52,8 +52,8 @@ __all__ = [
     "load_local_pipeline",
     "load_pipeline",
     "resolve_device",
-    "smartedit_release_folder",
     "resolve_dtype",
+    "smartedit_release_folder",
 ]
 
 

@@ -41,7 +41,6 @@ logger = logging.get_logger(__name__)
 
 # Pinned: saved folders record this loader module name.
 SMARTEDIT_LOADER_MODULE_STEM = "pipeline_reward_smartedit"
-#: weight files that are pickles, refused by `from_pretrained`
 SMARTEDIT_PACKAGE_CLASSES: dict[str, type] = {
     RewardUNet2DConditionModel.__name__: RewardUNet2DConditionModel,
     SmartEditBridge.__name__: SmartEditBridge,
