@@ -232,8 +232,6 @@ SMARTEDIT_PROMPT_TEMPLATE = (
 )
 #: The answer of the same request in SmartEdit's training data, " [img]." replaced by the image tokens.
 SMARTEDIT_ANSWER_TEMPLATE = " Certainly, I can create the image you requested {image_tokens}"
-#: Tokens SmartEdit adds to the LLaMA tokenizer besides `<img_0>` … `<img_31>`.
-SMARTEDIT_CONVERSATION_TOKENS = ("<img>", "<im_start>", "<im_end>")
 SMARTEDIT_LLM_DEFAULTS: dict[str, Any] = {
     "llm_prompt_template": SMARTEDIT_PROMPT_TEMPLATE,
     "llm_answer_template": SMARTEDIT_ANSWER_TEMPLATE,
@@ -334,6 +332,8 @@ def convert_smartedit(
     output_dir: str | os.PathLike | None = None,
     allow_pickle: bool = False,
     bridge_overrides: dict[str, Any] | None = None,
+    *,
+    embeddings_qformer: dict[str, torch.Tensor] | None = None,
 ):
     """Build a `RewardSmartEditPipeline` from a released SmartEdit folder and save it to `output_dir` (if given).
 
@@ -347,6 +347,8 @@ def convert_smartedit(
             `vision_processor`; and `unet_config` (the SD UNet config with `in_channels=8`). `load_base_components`
             builds them from Hub repos or local folders.
         allow_pickle: read the released `.bin` pickles (with `torch.load(weights_only=True)`).
+        embeddings_qformer: the release's `embeddings_qformer` state dict when the caller has already read it
+            (`load_released_file`); read from `release_dir` otherwise.
     """
     from diffusers import UNet2DConditionModel
 
@@ -354,7 +356,8 @@ def convert_smartedit(
     from .pipelines.pipeline_reward_smartedit import RewardSmartEditPipeline
 
     paths = released_file_paths(release_dir, steps)
-    embeddings_qformer = load_released_file(paths["embeddings_qformer"], allow_pickle)
+    if embeddings_qformer is None:
+        embeddings_qformer = load_released_file(paths["embeddings_qformer"], allow_pickle)
     bim = load_released_file(paths["bim"], allow_pickle)
     bridge = SmartEditBridge(**bridge_config_from_released(embeddings_qformer, bim, **(bridge_overrides or {})))
     bridge.load_state_dict(bridge_state_dict_from_released(embeddings_qformer, bim), strict=True)
@@ -388,7 +391,7 @@ def convert_smartedit(
         bridge=bridge.eval(),
     )
     pipe.image_token_ids()  # the tokenizer carries the image tokens and the LLM's vocabulary covers them
-    used = [token for token in SMARTEDIT_CONVERSATION_TOKENS if token in bridge.config.llm_prompt_template]
+    used = [token for token, _ in CONVERSATION_TOKENS if token in bridge.config.llm_prompt_template]
     missing = [token for token in used if token not in pipe.llm_tokenizer.get_added_vocab()]
     if missing:
         raise ValueError(f"`llm_tokenizer` lacks SmartEdit's added tokens {missing} used by `llm_prompt_template`")
@@ -458,6 +461,22 @@ def _fetch(source: str | os.PathLike, files: Sequence[str], name: str, **downloa
     return download_pipeline_files(os.fspath(source), allow_patterns=list(files), name=name, **download_kwargs)
 
 
+def _fetch_with_weights(
+    source: str | os.PathLike,
+    files: Sequence[str],
+    weights: dict[str, tuple[str, str]],
+    name: str,
+    allow_pickle: bool,
+    **download_kwargs: Any,
+) -> Path:
+    """`_fetch` of `files` plus the weight files `_choose_weight_files` picks from `weights` (checked against the
+    source's file list before anything is downloaded)."""
+    chosen = _choose_weight_files(
+        _source_files(source, name, **download_kwargs), weights, allow_pickle, _describe(source, name)
+    )
+    return _fetch(source, [*files, *chosen], name, **download_kwargs)
+
+
 def _describe(source: str | os.PathLike, name: str, revision: str | None = None) -> str:
     if os.path.isdir(source):
         return f"`{name}` folder {os.fspath(source)!r}"
@@ -519,13 +538,9 @@ def load_base_components(
         LlamaForCausalLM,
     )
 
-    base_weights = _choose_weight_files(
-        _source_files(base_model, "base_model", **download_kwargs),
-        BASE_MODEL_WEIGHTS,
-        allow_pickle,
-        _describe(base_model, "base_model"),
+    base_folder = _fetch_with_weights(
+        base_model, BASE_MODEL_FILES, BASE_MODEL_WEIGHTS, "base_model", allow_pickle, **download_kwargs
     )
-    base_folder = _fetch(base_model, [*BASE_MODEL_FILES, *base_weights], "base_model", **download_kwargs)
     unet_config = UNet2DConditionModel.load_config(base_folder, subfolder="unet")
     if unet_config.get("in_channels") != 8:
         raise ValueError(
@@ -562,13 +577,9 @@ def load_base_components(
     with init_empty_weights():
         llm = LlamaForCausalLM(llm_config)
 
-    vision_weights = _choose_weight_files(
-        _source_files(vision_model, "vision_model", **download_kwargs),
-        VISION_WEIGHTS,
-        allow_pickle,
-        _describe(vision_model, "vision_model"),
+    vision_folder = _fetch_with_weights(
+        vision_model, VISION_FILES, VISION_WEIGHTS, "vision_model", allow_pickle, **download_kwargs
     )
-    vision_folder = _fetch(vision_model, [*VISION_FILES, *vision_weights], "vision_model", **download_kwargs)
     return {
         "vae": AutoencoderKL.from_pretrained(base_folder, subfolder="vae"),
         "text_encoder": CLIPTextModel.from_pretrained(base_folder, subfolder="text_encoder"),
@@ -628,7 +639,6 @@ def convert_smartedit_release(
     release_dir = _fetch_release(source, steps, allow_pickle, revision, **download_kwargs)
     embeddings_qformer = load_released_file(released_file_paths(release_dir, steps)["embeddings_qformer"], allow_pickle)
     llm_vocab_size, llm_hidden_size = embeddings_qformer["lm_head.weight"].shape
-    del embeddings_qformer
     if llm_model is None:
         llm_model = SMARTEDIT_RELEASES.get(os.fspath(source)) or VICUNA_BY_WIDTH.get(llm_hidden_size)
         if llm_model is None:
@@ -653,7 +663,14 @@ def convert_smartedit_release(
             f"`bridge_overrides` sets num_image_tokens={overrides['num_image_tokens']}, but the release's vocabulary "
             f"holds {num_image_tokens} image tokens"
         )
-    pipe = convert_smartedit(release_dir, steps, base_components, allow_pickle=allow_pickle, bridge_overrides=overrides)
+    pipe = convert_smartedit(
+        release_dir,
+        steps,
+        base_components,
+        allow_pickle=allow_pickle,
+        bridge_overrides=overrides,
+        embeddings_qformer=embeddings_qformer,  # read once, above
+    )
     if output_dir is not None:
         pipe.save_pretrained(output_dir)
         return Path(output_dir)
