@@ -64,7 +64,7 @@ def encode_qwen_failure_text(clip: Any, text: str) -> Any:
     import comfy.sd1_clip
     import torch
 
-    from reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit import FAILURE_TEXT_MAX_TOKENS
+    from reward_edit_pipeline.pipelines.pipeline_reward_qwenimage_edit import FAILURE_TEXT_MAX_TOKENS, mean_over_tokens
 
     model = clip.cond_stage_model
     tokens = clip.tokenize(text, llama_template="{}")
@@ -77,12 +77,8 @@ def encode_qwen_failure_text(clip: Any, text: str) -> Any:
     model.reset_clip_options()  # the final hidden state, whatever CLIPSetLastLayer asked for the prompt
     clip.load_model()
     hidden, _, *extra = comfy.sd1_clip.SD1ClipModel.encode_token_weights(model, tokens)
-    hidden = hidden.float()
     mask = extra[0].get("attention_mask") if extra else None
-    if mask is None:
-        mask = torch.ones(hidden.shape[:2])
-    weights = mask.to(hidden.device, torch.float32).unsqueeze(-1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return mean_over_tokens(hidden, torch.ones(hidden.shape[:2]) if mask is None else mask)
 
 
 def encode_failure_text(clip: Any, failure_text: str | None) -> Any:

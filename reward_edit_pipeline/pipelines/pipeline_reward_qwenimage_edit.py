@@ -67,6 +67,14 @@ EXAMPLE_DOC_STRING = """
 """
 
 
+def mean_over_tokens(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The failure-text pooling of the Qwen-Image reward models (also used by the ComfyUI nodes): the float32 mean of
+    `hidden_states` `[B, L, D]` over each row's own tokens (`attention_mask` `[B, L]`, 1 = a token of the text)."""
+    hidden = hidden_states.float()
+    weights = attention_mask.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
 def dimensions_for_area(area: int, aspect_ratio: float) -> tuple[int, int]:
     """(width, height), multiples of 32, of about `area` pixels at `aspect_ratio` = width / height (the stock rule)."""
     width = math.sqrt(area * aspect_ratio)
@@ -181,9 +189,7 @@ class _RewardQwenImageEditMixin(RewardDiTPipelineMixin):
         outputs = self.text_encoder(
             input_ids=inputs.input_ids.to(device), attention_mask=attention_mask, output_hidden_states=True
         )
-        hidden = outputs.hidden_states[-1].float()
-        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return mean_over_tokens(outputs.hidden_states[-1], attention_mask)
 
     def encode_failure_text(self, texts: list[str], device: torch.device | None = None) -> torch.Tensor:
         """Pooled Qwen2.5-VL embeddings `[len(texts), D]` (float32) of resolved failure texts: the mean of the text
