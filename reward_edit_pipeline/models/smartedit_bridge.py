@@ -166,6 +166,19 @@ IMAGE_FIELD = "{image}"
 IMAGE_TOKENS_FIELD = "{image_tokens}"
 
 
+def check_llm_generation(llm_generate: object, llm_max_new_tokens: object, allow_none: bool = False) -> None:
+    """`llm_generate` must be a bool and `llm_max_new_tokens` an integer >= 1 (the bridge config's rule; the
+    pipeline call also takes `None` for each, meaning the config's value: `allow_none=True`)."""
+    if not (allow_none and llm_generate is None) and not isinstance(llm_generate, bool):
+        accepted = "True, False or None" if allow_none else "True or False"
+        raise ValueError(f"`llm_generate` must be {accepted}, got {llm_generate!r}")
+    if not (allow_none and llm_max_new_tokens is None) and (
+        isinstance(llm_max_new_tokens, bool) or not isinstance(llm_max_new_tokens, int) or llm_max_new_tokens < 1
+    ):
+        accepted = "an integer >= 1 or None" if allow_none else "an integer >= 1"
+        raise ValueError(f"`llm_max_new_tokens` must be {accepted}, got {llm_max_new_tokens!r}")
+
+
 def check_llm_templates(prompt_template: str, answer_template: str) -> None:
     """Refuse templates the pipeline cannot fill: `{instruction}` once in the prompt, `{image}` at most once there,
     `{image_tokens}` once in the answer, and no other `{...}` field."""
@@ -246,10 +259,7 @@ class SmartEditBridge(ModelMixin, ConfigMixin):
                 "attends to the CLIP vision features as they are"
             )
         check_llm_templates(llm_prompt_template, llm_answer_template)
-        if not isinstance(llm_generate, bool):
-            raise ValueError(f"`llm_generate` must be True or False, got {llm_generate!r}")
-        if isinstance(llm_max_new_tokens, bool) or not isinstance(llm_max_new_tokens, int) or llm_max_new_tokens < 1:
-            raise ValueError(f"`llm_max_new_tokens` must be an integer >= 1, got {llm_max_new_tokens!r}")
+        check_llm_generation(llm_generate, llm_max_new_tokens)
         self.vision_projection = nn.Linear(vision_hidden_size, llm_hidden_size)
         self.query_tokens = nn.Parameter(torch.randn(1, num_query_tokens, qformer_hidden_size) * 0.02)
         qformer_config = Blip2QFormerConfig(

@@ -25,7 +25,13 @@ from diffusers.utils import logging
 
 from ..devices import normalize_dtype_kwarg
 from ..downloads import DOWNLOAD_KWARGS, apply_pickle_rule, download_pipeline_files
-from ..models.smartedit_bridge import IMAGE_FIELD, IMAGE_TOKENS_FIELD, INSTRUCTION_FIELD, SmartEditBridge
+from ..models.smartedit_bridge import (
+    IMAGE_FIELD,
+    IMAGE_TOKENS_FIELD,
+    INSTRUCTION_FIELD,
+    SmartEditBridge,
+    check_llm_generation,
+)
 from ..models.unet_2d_reward import RewardUNet2DConditionModel
 from ..rewards import BEST_SCORES
 from .pipeline_reward_edit import (
@@ -324,13 +330,10 @@ class RewardSmartEditPipeline(RewardEditPipeline):
         When the LLM emits exactly the teacher-forced answer, the two give the same states (one causal pass vs. the
         same pass with a key/value cache).
         """
+        check_llm_generation(llm_generate, llm_max_new_tokens, allow_none=True)
         config = self.bridge.config
         generate = config.llm_generate if llm_generate is None else llm_generate
         max_new_tokens = config.llm_max_new_tokens if llm_max_new_tokens is None else llm_max_new_tokens
-        if not isinstance(generate, bool):
-            raise ValueError(f"`llm_generate` must be True, False or None, got {generate!r}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"`llm_max_new_tokens` must be an integer >= 1, got {max_new_tokens!r}")
         image_ids = self.image_token_ids()
         # parts of the bridge and the LLM are called directly, not through their forward: onload them first
         onload_offloaded(self.bridge)
