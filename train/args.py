@@ -246,13 +246,16 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-#: the DiT trainer's flags (train/dit.py) and their defaults, which `--backbone smartedit` does not use
-SMARTEDIT_UNUSED_DIT_FLAGS: dict[str, object] = {
-    "lora_rank": 16,
-    "lora_alpha": None,
-    "reward_token_dim": 768,
-    "dit_guidance_scale": 1.0,
-}
+#: the DiT trainer's flags (train/dit.py), which `--backbone smartedit` does not use
+SMARTEDIT_UNUSED_DIT_FLAGS: tuple[str, ...] = ("lora_rank", "lora_alpha", "reward_token_dim", "dit_guidance_scale")
+#: the LLM LoRA flags that mean something only with `--llm_lora_rank` >= 1
+LLM_LORA_SETTING_FLAGS: tuple[str, ...] = ("llm_lora_alpha", "llm_lora_dropout", "llm_lora_target_modules")
+
+
+def _flags_set(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    """The flags among `names` whose value differs from the parser's default (`build_parser`), as `--name`."""
+    parser = build_parser()
+    return [f"--{name}" for name in names if getattr(args, name, parser.get_default(name)) != parser.get_default(name)]
 
 
 def validate_llm_lora_args(args: argparse.Namespace) -> None:
@@ -262,23 +265,18 @@ def validate_llm_lora_args(args: argparse.Namespace) -> None:
 
     check_lora_rank("--llm_lora_rank", args.llm_lora_rank, zero_means="the LLM stays frozen")
     if args.backbone == "smartedit":  # the DiT trainer's flags would be ignored here: refused instead
-        dit_flags = [
-            f"--{name}"
-            for name, default in SMARTEDIT_UNUSED_DIT_FLAGS.items()
-            if getattr(args, name, default) != default
-        ]
+        dit_flags = _flags_set(args, SMARTEDIT_UNUSED_DIT_FLAGS)
         _require(
             not dit_flags,
             f"{', '.join(dit_flags)} apply to the DiT backbones only, not --backbone smartedit (its LLM LoRA flags "
             "are --llm_lora_rank, --llm_lora_alpha, --llm_lora_dropout, --llm_lora_target_modules)",
         )
     if args.llm_lora_rank == 0:
-        given = [
-            f"--{name}"
-            for name, default in (("llm_lora_alpha", None), ("llm_lora_dropout", 0.0), ("llm_lora_target_modules", None))
-            if getattr(args, name) != default
-        ]
-        _require(not given, f"{', '.join(given)} given without --llm_lora_rank >= 1 (rank 0, the default, keeps the LLM frozen)")
+        given = _flags_set(args, LLM_LORA_SETTING_FLAGS)
+        _require(
+            not given,
+            f"{', '.join(given)} given without --llm_lora_rank >= 1 (rank 0, the default, keeps the LLM frozen)",
+        )
         return
     _require(
         args.backbone == "smartedit",
